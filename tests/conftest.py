@@ -1,0 +1,54 @@
+"""Shared fixtures: the backend is a parameter, never a copied test file.
+
+``MINIFT_TEST_BACKEND=cuda pytest`` runs the backend-parametrised tests on the GPU too; tests
+marked ``cuda`` are skipped where CuPy or a GPU is missing.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import minift as mf
+from backends import BackendUnavailable, get_backend
+
+
+def _cuda_available() -> bool:
+    try:
+        get_backend("cuda")
+    except BackendUnavailable:
+        return False
+    return True
+
+
+def _backend_params():
+    names = ["numpy"]
+    if os.environ.get("MINIFT_TEST_BACKEND", "numpy") == "cuda" or _cuda_available():
+        names.append(pytest.param("cuda", marks=pytest.mark.cuda))
+    return names
+
+
+def pytest_collection_modifyitems(config, items):
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs CuPy and an NVIDIA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=_backend_params())
+def backend(request):
+    """The backend under test; tensors made inside the test land on it."""
+    with mf.use_backend(request.param) as be:
+        yield be
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    mf.manual_seed(0)
