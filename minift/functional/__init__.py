@@ -5,3 +5,5 @@ from minift.functional.basic import (
     sum, tanh, var,
 )
 from minift.functional.shape import permute, reshape, transpose
+from minift.functional.shape import (cat, concatenate, embedding, expand, flatten, gather, index, masked_fill, split, squeeze, stack, unsqueeze, where)
+from minift.functional.activation import dropout, gelu, log_softmax, relu, silu, softmax
