@@ -10,7 +10,6 @@ from minift import functional as F
 from minift.catalogue import OpCase
 from minift.catalogue.basic import normal, transposed
 
-
 FUTURE = np.triu(np.ones((4, 4), bool), 1)  # causal mask: True above the diagonal
 
 

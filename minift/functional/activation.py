@@ -59,10 +59,15 @@ def erfc_nonnegative(xp, a):
     """erfc(a) for an array a >= 0, to a relative error near the dtype's resolution."""
     if a.dtype.itemsize <= 4:
         a = xp.minimum(a, 11.0)  # exp(-121) underflows to exactly 0 in float32, as erfc(11) should
-        t = 1.0 / (1.0 + 0.5 * a)
+        t = 0.5 * a
+        t += 1.0
+        xp.reciprocal(t, out=t)  # t = 1 / (1 + a/2); in place: these arrays are activation-sized
         p = _horner(t, _ERFC_FLOAT32)
-        p -= a * a
-        return t * xp.exp(p)
+        a *= a
+        p -= a
+        xp.exp(p, out=p)
+        p *= t
+        return p
     # Every piece is evaluated everywhere (no data-dependent branches, GPU friendly) on
     # an argument clipped to where it is finite, then ``where`` keeps the right one.
     small = xp.minimum(a, 0.5)
@@ -78,8 +83,17 @@ def erfc_nonnegative(xp, a):
 
 def normal_cdf(xp, x):
     """Phi(x) = P(N(0,1) <= x) = erfc(-x/sqrt 2)/2, accurate in both tails."""
-    half_tail = 0.5 * erfc_nonnegative(xp, xp.abs(x) * _SQRT_HALF)  # P(N > |x|)
-    return xp.where(x >= 0, 1.0 - half_tail, half_tail)
+    a = xp.abs(x)
+    a *= _SQRT_HALF
+    tail = erfc_nonnegative(xp, a)
+    tail *= 0.5  # P(N > |x|): Phi(x) for x < 0, 1 - Phi(x) for x >= 0
+    # tail + [x >= 0] (1 - 2 tail) selects exactly on the tail side, and costs a third of
+    # NumPy's where, which is slow (~4 ns an entry) on masks that are random
+    cdf = tail * -2.0
+    cdf += 1.0
+    cdf *= x >= 0
+    cdf += tail
+    return cdf
 
 
 class ReLU(Function):
@@ -107,8 +121,14 @@ class GELU(Function):
     @staticmethod
     def backward(ctx, g):
         x, cdf = ctx.saved
-        pdf = ctx.backend.xp.exp(x * x * -0.5) * _INV_SQRT_2PI
-        return g * (cdf + x * pdf)
+        grad = x * x
+        grad *= -0.5
+        ctx.backend.xp.exp(grad, out=grad)
+        grad *= _INV_SQRT_2PI  # phi(x)
+        grad *= x
+        grad += cdf
+        grad *= g
+        return grad
 
 
 class GELUTanh(Function):
@@ -117,32 +137,61 @@ class GELUTanh(Function):
 
     @staticmethod
     def forward(ctx, x):
-        t = ctx.backend.xp.tanh(_TANH_SCALE * (x + _TANH_CUBIC * (x * x * x)))
+        u = x * x
+        u *= x
+        u *= _TANH_CUBIC
+        u += x
+        u *= _TANH_SCALE
+        t = ctx.backend.xp.tanh(u, out=u)
         ctx.save_for_backward(x, t)
-        return 0.5 * x * (1.0 + t)
+        y = t + 1.0
+        y *= x
+        y *= 0.5
+        return y
 
     @staticmethod
     def backward(ctx, g):
         x, t = ctx.saved
-        du = _TANH_SCALE * (1.0 + (3.0 * _TANH_CUBIC) * (x * x))
-        return g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+        grad = x * x
+        grad *= 3.0 * _TANH_CUBIC
+        grad += 1.0
+        grad *= _TANH_SCALE  # du/dx
+        sech2 = t * t
+        ctx.backend.xp.subtract(1.0, sech2, out=sech2)  # 1 - t^2
+        grad *= sech2
+        grad *= x
+        grad += t
+        grad += 1.0
+        grad *= 0.5
+        grad *= g
+        return grad
 
 
 class SiLU(Function):
-    """y = x s, s = sigmoid(x);  dy/dx = s (1 + x (1 - s))."""
+    """y = x s, s = sigmoid(x);  dy/dx = s (1 + x (1 - s)).
+
+    sigmoid(x) = (1 + tanh(x/2)) / 2 cannot overflow for any x and runs ~5x faster in NumPy
+    than the two-branch exp form; its absolute error stays below one float epsilon.
+    """
 
     @staticmethod
     def forward(ctx, x):
-        xp = ctx.backend.xp
-        e = xp.exp(-xp.abs(x))  # exp of a negative number only: no overflow for large |x|
-        s = xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        s = x * 0.5
+        ctx.backend.xp.tanh(s, out=s)
+        s += 1.0
+        s *= 0.5
         ctx.save_for_backward(x, s)
         return x * s
 
     @staticmethod
     def backward(ctx, g):
         x, s = ctx.saved
-        return g * (s * (1.0 + x * (1.0 - s)))
+        grad = 1.0 - s
+        grad *= x
+        grad += 1.0
+        grad *= s
+        grad *= g
+        return grad
 
 
 class Softmax(Function):

@@ -9,7 +9,8 @@ outputs y[k] = x[i] of dy[k].
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from minift.autograd import Function
 from minift.functional.basic import as_operand
