@@ -21,10 +21,10 @@ def _readonly(array):
     return array
 
 
-def _params(init=None):
-    init = init or FIXTURE["init"]
-    w = mf.tensor(np.array(init["w"]), requires_grad=True)
-    b = mf.tensor(np.array(init["b"]), requires_grad=True)
+def _params(backend=None):
+    init = FIXTURE["init"]
+    w = mf.tensor(np.array(init["w"]), requires_grad=True, backend=backend)
+    b = mf.tensor(np.array(init["b"]), requires_grad=True, backend=backend)
     return w, b
 
 
@@ -33,19 +33,18 @@ def _make(run, w, b):
     return getattr(optim, run["optimizer"])(groups, lr=FIXTURE["lrs"][0], **run["defaults"])
 
 
-def _set_grads(w, b, grads, backend_name="numpy"):
+def _set_grads(w, b, grads):
     for p, g in ((w, grads["w"]), (b, grads["b"])):
-        data = _readonly(g) if backend_name == "numpy" else np.array(g)
-        p.grad = mf.tensor(data)
+        p.grad = mf.tensor(_readonly(g), backend=p.backend)
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_trajectory_matches_pytorch(name, backend):
     run = RUNS[name]
-    w, b = _params()
+    w, b = _params(backend)
     opt = _make(run, w, b)
     for step, (grads, expected) in enumerate(zip(FIXTURE["grads"], run["params"])):
-        _set_grads(w, b, grads, backend.name)
+        _set_grads(w, b, grads)
         opt.step()
         for p, key in ((w, "w"), (b, "b")):
             np.testing.assert_allclose(p.numpy(), expected[key], rtol=0, atol=1e-12,
@@ -108,10 +107,10 @@ def test_scheduler_state_dict_resumes():
                          ids=lambda c: f"{c['norm_type']}-{c['max_norm']}")
 def test_clip_grad_norm_matches_pytorch(case, backend):
     grads = [np.array(g) for g in FIXTURE["clip"]["grads"]]
-    params = [mf.tensor(np.zeros(g.shape), requires_grad=True) for g in grads]
+    params = [mf.tensor(np.zeros(g.shape), requires_grad=True, backend=backend) for g in grads]
     originals = [g.copy() for g in grads]
     for p, g in zip(params, grads):
-        p.grad = mf.tensor(g)
+        p.grad = mf.tensor(g, backend=backend)
     total = optim.clip_grad_norm_(params, case["max_norm"], norm_type=case["norm_type"])
     assert isinstance(total, float)
     assert total == pytest.approx(case["total_norm"], rel=1e-13)
@@ -201,6 +200,18 @@ def test_load_state_dict_restores_hyper_parameters_and_numbers():
     other.load_state_dict(sd)
     assert [g["lr"] for g in other.param_groups] == [0.1, 0.01]
     assert other.state[b]["momentum_buffer"] is not sd["state"]["1"]["momentum_buffer"]
+
+
+def test_load_state_dict_accepts_a_step_saved_as_a_0d_array():
+    w, b = _params()
+    opt = optim.Adam([w, b])
+    _set_grads(w, b, FIXTURE["grads"][0])
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"][0]["step"] = np.array(1)  # as a safetensors file would give it back
+    other = optim.Adam([w, b])
+    other.load_state_dict(sd)
+    assert other.state[w]["step"] == 1 and isinstance(other.state[w]["step"], int)
 
 
 def test_load_state_dict_rejects_mismatches():
