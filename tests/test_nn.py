@@ -60,11 +60,20 @@ def test_named_parameters_are_dotted_and_shared_parameter_counted_once():
     model = TinyModel()
     names = [n for n, _ in model.named_parameters()]
     assert names == [
-        "scale", "wte.weight",
-        "blocks.0.norm.weight", "blocks.0.norm.bias", "blocks.0.mlp.0.weight",
-        "blocks.0.mlp.0.bias", "blocks.0.mlp.2.weight", "blocks.0.mlp.2.bias",
-        "blocks.1.norm.weight", "blocks.1.norm.bias", "blocks.1.mlp.0.weight",
-        "blocks.1.mlp.0.bias", "blocks.1.mlp.2.weight", "blocks.1.mlp.2.bias",
+        "scale",
+        "wte.weight",
+        "blocks.0.norm.weight",
+        "blocks.0.norm.bias",
+        "blocks.0.mlp.0.weight",
+        "blocks.0.mlp.0.bias",
+        "blocks.0.mlp.2.weight",
+        "blocks.0.mlp.2.bias",
+        "blocks.1.norm.weight",
+        "blocks.1.norm.bias",
+        "blocks.1.mlp.0.weight",
+        "blocks.1.mlp.0.bias",
+        "blocks.1.mlp.2.weight",
+        "blocks.1.mlp.2.bias",
     ]
     assert model.head.weight is model.wte.weight
     block = 4 + 4 + (4 * 8 + 8) + (8 * 4 + 4)
@@ -79,7 +88,11 @@ def test_modules_children_and_buffers():
     assert names[:4] == ["", "wte", "blocks", "blocks.0"] and "blocks.1.mlp.2" in names
     assert len(list(model.modules())) == len(names)
     assert [n for n, _ in model.named_buffers()] == [
-        "blocks.0.mask", "blocks.0.cache", "blocks.1.mask", "blocks.1.cache"]
+        "blocks.0.mask",
+        "blocks.0.cache",
+        "blocks.1.mask",
+        "blocks.1.cache",
+    ]
     assert len(list(model.buffers())) == 4
     assert model.get_submodule("blocks.1.mlp.0") is model.blocks[1].mlp[0]
     with pytest.raises(AttributeError, match="no submodule 'nope'"):
@@ -132,7 +145,8 @@ def test_repr_is_nested_like_pytorch():
     assert "  (mlp): Sequential(\n    (0): Linear(in_features=4, out_features=8, bias=True)" in text
     assert "    (1): ReLU()\n" in text
     assert repr(nn.Conv2d(3, 8, 3, padding=1, bias=False)) == (
-        "Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)")
+        "Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)"
+    )
 
 
 def test_containers():
@@ -168,8 +182,14 @@ def test_containers():
 def test_state_dict_order_naming_and_buffers():
     bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
     assert list(bn.state_dict()) == [
-        "0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var",
-        "1.num_batches_tracked"]
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
     state = TinyModel().state_dict()
     assert "blocks.0.mask" in state and "blocks.0.cache" not in state  # non-persistent
     assert "head.weight" in state and "wte.weight" in state  # tied: both names, like PyTorch
@@ -433,16 +453,20 @@ def test_grouped_query_attention_repeats_heads_in_hugging_face_order():
     layer = _f64(nn.MultiHeadAttention(8, 4, kv_heads=2))
     x = _randn(2, 5, 8)
     b, t, h, d = 2, 5, 4, 2
-    q = (x.numpy() @ layer.q_proj.weight.numpy().T + layer.q_proj.bias.numpy())
-    k = (x.numpy() @ layer.k_proj.weight.numpy().T + layer.k_proj.bias.numpy())
-    v = (x.numpy() @ layer.v_proj.weight.numpy().T + layer.v_proj.bias.numpy())
+    q = x.numpy() @ layer.q_proj.weight.numpy().T + layer.q_proj.bias.numpy()
+    k = x.numpy() @ layer.k_proj.weight.numpy().T + layer.k_proj.bias.numpy()
+    v = x.numpy() @ layer.v_proj.weight.numpy().T + layer.v_proj.bias.numpy()
     heads = []
     for i in range(h):  # query head i reads kv head i // 2
         g = i // 2
-        s = q[..., i * d:(i + 1) * d] @ k[..., g * d:(g + 1) * d].swapaxes(-1, -2) / math.sqrt(d)
+        s = (
+            q[..., i * d : (i + 1) * d]
+            @ k[..., g * d : (g + 1) * d].swapaxes(-1, -2)
+            / math.sqrt(d)
+        )
         s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
         p = np.exp(s - s.max(-1, keepdims=True))
-        heads.append((p / p.sum(-1, keepdims=True)) @ v[..., g * d:(g + 1) * d])
+        heads.append((p / p.sum(-1, keepdims=True)) @ v[..., g * d : (g + 1) * d])
     expected = np.concatenate(heads, -1) @ layer.o_proj.weight.numpy().T + layer.o_proj.bias.numpy()
     np.testing.assert_allclose(layer(x, is_causal=True).numpy(), expected, rtol=1e-12, atol=1e-12)
     assert b == x.shape[0]
@@ -477,13 +501,22 @@ def test_attention_matches_pytorch_fixture():
         c = case["C"]
         norm = nn.LayerNorm(c, dtype="float64")
         attn = nn.MultiHeadAttention(c, case["H"], kv_heads=case["kv_heads"], dtype="float64")
-        norm.load_state_dict({"weight": np.array(case["ln_weight"]), "bias": np.array(case["ln_bias"])})
-        attn.load_state_dict({f"{p}_proj.{w}": np.array(case[f"{p}_{w}"])
-                              for p in "qkvo" for w in ("weight", "bias")})
+        norm.load_state_dict(
+            {"weight": np.array(case["ln_weight"]), "bias": np.array(case["ln_bias"])}
+        )
+        attn.load_state_dict(
+            {
+                f"{p}_proj.{w}": np.array(case[f"{p}_{w}"])
+                for p in "qkvo"
+                for w in ("weight", "bias")
+            }
+        )
         x = mf.tensor(np.array(case["x"]), requires_grad=True)
         mask = np.array(case["padding_mask"]) if case["causal"] else None
         y = attn(norm(x), attn_mask=mask, is_causal=case["causal"])
-        np.testing.assert_allclose(y.numpy(), case["y"], rtol=1e-10, atol=1e-12, err_msg=case["name"])
+        np.testing.assert_allclose(
+            y.numpy(), case["y"], rtol=1e-10, atol=1e-12, err_msg=case["name"]
+        )
         y.backward(np.array(case["cotangent"]))
         np.testing.assert_allclose(x.grad.numpy(), case["x_grad"], rtol=1e-10, atol=1e-12)
 
@@ -535,3 +568,49 @@ def test_deepcopy_gives_an_independent_module():
     twin.norm.weight.data[...] = 5.0
     assert model.norm.weight.numpy()[0] == 1.0
     assert [n for n, _ in twin.named_parameters()] == [n for n, _ in model.named_parameters()]
+
+
+# --- pooling, activations, a small CNN --------------------------------------------------------------
+def test_pooling_layers():
+    x = mf.tensor(np.arange(2 * 3 * 4 * 4, dtype=np.float64).reshape(2, 3, 4, 4))
+    blocks = x.numpy().reshape(2, 3, 2, 2, 2, 2)  # (N, C, H/2, kh, W/2, kw)
+    np.testing.assert_array_equal(nn.MaxPool2d(2)(x).numpy(), blocks.max(axis=(3, 5)))
+    np.testing.assert_allclose(nn.AvgPool2d(2)(x).numpy(), blocks.mean(axis=(3, 5)))
+    pooled = nn.AdaptiveAvgPool2d(1)(x).numpy()
+    np.testing.assert_allclose(pooled, x.numpy().mean(axis=(2, 3), keepdims=True))
+    assert repr(nn.MaxPool2d(3, 1, 1)) == "MaxPool2d(kernel_size=3, stride=1, padding=1)"
+    with pytest.raises(ValueError, match="output_size 1"):
+        nn.AdaptiveAvgPool2d(2)
+    with pytest.raises(ValueError, match="4-D input"):
+        nn.MaxPool2d(2)(mf.randn(3, 4, 4))
+
+
+def test_activation_modules_match_functional():
+    x = mf.randn(3, 5)
+    for module, fn in [
+        (nn.ReLU(), F.relu),
+        (nn.SiLU(), F.silu),
+        (nn.Tanh(), F.tanh),
+        (nn.GELU(), F.gelu),
+        (nn.GELU("tanh"), lambda t: F.gelu(t, "tanh")),
+        (nn.Identity(), lambda t: t),
+    ]:
+        np.testing.assert_array_equal(module(x).numpy(), fn(x).numpy())
+    assert nn.Flatten()(mf.randn(2, 3, 4)).shape == (2, 12)
+    with pytest.raises(ValueError, match="approximate"):
+        nn.GELU("fast")
+
+
+def test_small_cnn_gradcheck():
+    model = _f64(
+        nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.BatchNorm2d(3),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(3, 2),
+        )
+    )
+    _check_layer(model, _randn(3, 2, 4, 4))

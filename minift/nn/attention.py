@@ -28,8 +28,9 @@ def repeat_kv(x: Tensor, repeats: int) -> Tensor:
     return F.expand(F.unsqueeze(x, 2), (b, h, repeats, t, d)).reshape(b, h * repeats, t, d)
 
 
-def attention_with_dropout(q: Tensor, k: Tensor, v: Tensor, attn_mask: Any, is_causal: bool,
-                           p: float) -> Tensor:
+def attention_with_dropout(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Any, is_causal: bool, p: float
+) -> Tensor:
     """The attention of ``F.scaled_dot_product_attention`` written out in primitives, with
     dropout on the probabilities (the fused op has none). Only used in training with p > 0.
 
@@ -70,13 +71,21 @@ class MultiHeadAttention(Module):
     """
 
     def __init__(
-        self, embed_dim: int, num_heads: int, bias: bool = True, dropout: float = 0.0,
-        kv_heads: int | None = None, dtype: Any = None, backend: Any = None,
+        self,
+        embed_dim: int,
+        num_heads: int,
+        bias: bool = True,
+        dropout: float = 0.0,
+        kv_heads: int | None = None,
+        dtype: Any = None,
+        backend: Any = None,
     ) -> None:
         super().__init__()
         kv_heads = num_heads if kv_heads is None else kv_heads
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
+            )
         if kv_heads < 1 or num_heads % kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be divisible by kv_heads ({kv_heads})")
         if not 0.0 <= dropout <= 1.0:
@@ -96,13 +105,23 @@ class MultiHeadAttention(Module):
     def _check(self, query: Tensor, key: Tensor, value: Tensor) -> None:
         for name, x in (("query", query), ("key", key), ("value", value)):
             if x.ndim != 3 or x.shape[-1] != self.embed_dim:
-                raise ValueError(f"MultiHeadAttention: {name} must be (B, T, {self.embed_dim}), got {x.shape}")
+                raise ValueError(
+                    f"MultiHeadAttention: {name} must be (B, T, {self.embed_dim}), got {x.shape}"
+                )
         if not query.shape[0] == key.shape[0] == value.shape[0] or key.shape[1] != value.shape[1]:
-            raise ValueError(f"MultiHeadAttention: batch or key length mismatch: query {query.shape}, "
-                             f"key {key.shape}, value {value.shape}")
+            raise ValueError(
+                f"MultiHeadAttention: batch or key length mismatch: query {query.shape}, "
+                f"key {key.shape}, value {value.shape}"
+            )
 
-    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
-                attn_mask: Any = None, is_causal: bool = False) -> Tensor:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        attn_mask: Any = None,
+        is_causal: bool = False,
+    ) -> Tensor:
         """Attend from ``query`` (B, Tq, C) to ``key``/``value`` (B, Tk, C), default: query.
 
         ``attn_mask`` broadcasts to (B, H, Tq, Tk): boolean (True = may attend) or additive float.
@@ -124,5 +143,7 @@ class MultiHeadAttention(Module):
         return self.o_proj(out)
 
     def extra_repr(self) -> str:
-        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
-                f"kv_heads={self.kv_heads}, dropout={self.dropout}")
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+            f"kv_heads={self.kv_heads}, dropout={self.dropout}"
+        )

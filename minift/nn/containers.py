@@ -7,7 +7,8 @@ Hugging Face's checkpoints.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from minift.nn.module import Module
 
@@ -26,7 +27,9 @@ class ModuleList(Module):
     def _index(self, index: int) -> int:
         n = len(self)
         if not -n <= index < n:
-            raise IndexError(f"index {index} is out of range for {type(self).__name__} of length {n}")
+            raise IndexError(
+                f"index {index} is out of range for {type(self).__name__} of length {n}"
+            )
         return index % n
 
     def __getitem__(self, index: int | slice) -> Any:

@@ -42,7 +42,9 @@ def calculate_fan_in_and_fan_out(tensor: Tensor) -> tuple[int, int]:
     fan_in = in/groups * kh * kw.
     """
     if tensor.ndim < 2:
-        raise ValueError(f"fan in and fan out need a tensor with at least 2 axes, got shape {tensor.shape}")
+        raise ValueError(
+            f"fan in and fan out need a tensor with at least 2 axes, got shape {tensor.shape}"
+        )
     receptive = math.prod(tensor.shape[2:])
     return tensor.shape[1] * receptive, tensor.shape[0] * receptive
 
@@ -125,8 +127,8 @@ def trunc_normal_(
     """
     if not a < b:
         raise ValueError(f"trunc_normal_: need a < b, got a={a}, b={b}")
-    cdf = lambda x: 0.5 * (1 + math.erf((x - mean) / (std * math.sqrt(2))))  # noqa: E731
-    if cdf(b) - cdf(a) < 1e-4:
+    mass = math.erf((b - mean) / (std * math.sqrt(2))) - math.erf((a - mean) / (std * math.sqrt(2)))
+    if mass / 2 < 1e-4:  # P(a <= x <= b) = (erf(b') - erf(a')) / 2
         raise ValueError(f"trunc_normal_: [{a}, {b}] holds too little of N({mean}, {std}^2)")
     if tensor.backend.name == "meta":
         return tensor
@@ -137,4 +139,3 @@ def trunc_normal_(
         values[outside] = backend.normal((int(outside.sum()),), mean, std, dtype=tensor.dtype)
         outside = (values < a) | (values > b)
     return _write(tensor, values)
-

@@ -9,7 +9,8 @@ default backend when None) with ``dtype`` (the default dtype when None).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from minift import functional as F
 from minift.nn import init
@@ -25,7 +26,11 @@ class Linear(Module):
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, dtype: Any = None,
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: Any = None,
         backend: Any = None,
     ) -> None:
         super().__init__()
@@ -60,8 +65,12 @@ class Embedding(Module):
     """
 
     def __init__(
-        self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
-        dtype: Any = None, backend: Any = None,
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        dtype: Any = None,
+        backend: Any = None,
     ) -> None:
         super().__init__()
         if padding_idx is not None:
@@ -104,8 +113,13 @@ class LayerNorm(Module):
     """
 
     def __init__(
-        self, normalized_shape: int | Sequence[int], eps: float = 1e-5,
-        elementwise_affine: bool = True, bias: bool = True, dtype: Any = None, backend: Any = None,
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        dtype: Any = None,
+        backend: Any = None,
     ) -> None:
         super().__init__()
         self.normalized_shape, self.eps = _as_shape(normalized_shape), float(eps)
@@ -123,7 +137,9 @@ class LayerNorm(Module):
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        )
 
 
 class RMSNorm(Module):
@@ -133,8 +149,12 @@ class RMSNorm(Module):
     """
 
     def __init__(
-        self, normalized_shape: int | Sequence[int], eps: float = 1e-6,
-        elementwise_affine: bool = True, dtype: Any = None, backend: Any = None,
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-6,
+        elementwise_affine: bool = True,
+        dtype: Any = None,
+        backend: Any = None,
     ) -> None:
         super().__init__()
         self.normalized_shape, self.eps = _as_shape(normalized_shape), float(eps)
@@ -148,7 +168,9 @@ class RMSNorm(Module):
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        return (
+            f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        )
 
 
 class Dropout(Module):
@@ -224,4 +246,3 @@ class Tanh(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.tanh(x)
-

@@ -11,7 +11,8 @@ The names, orders and semantics are PyTorch's, so a learner can move between the
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from backends import Backend, backend_of, get_backend
 from minift.tensor import Tensor, get_default_backend, get_default_dtype
@@ -29,7 +30,7 @@ class Parameter(Tensor):
         super().__init__(data, requires_grad=requires_grad, backend=backend, dtype=dtype)
 
     def __repr__(self) -> str:
-        return "Parameter" + super().__repr__()[len("Tensor"):]
+        return "Parameter" + super().__repr__()[len("Tensor") :]
 
 
 def new_parameter(shape: tuple, dtype: Any = None, backend: Any = None) -> Parameter:
@@ -77,7 +78,9 @@ class Module:
             self._parameters[name] = None
         elif registries is not None and name in self._buffers:
             if value is not None and not isinstance(value, Tensor):
-                raise TypeError(f"buffer {name!r} takes a Tensor or None, got {type(value).__name__}")
+                raise TypeError(
+                    f"buffer {name!r} takes a Tensor or None, got {type(value).__name__}"
+                )
             self._buffers[name] = value
         elif registries is not None and name in self._modules:
             if value is not None:
@@ -112,7 +115,9 @@ class Module:
         Its entry in ``keep`` stays, so that replacing a child keeps its place in the order.
         """
         if not isinstance(name, str) or not name or "." in name:
-            raise KeyError(f"a registered name must be a non-empty string without '.', got {name!r}")
+            raise KeyError(
+                f"a registered name must be a non-empty string without '.', got {name!r}"
+            )
         if name in self.__dict__:
             object.__delattr__(self, name)
         for registry in (self._parameters, self._buffers, self._modules):
@@ -123,7 +128,9 @@ class Module:
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         """Add a Parameter (or None, a declared but absent one) under ``name``."""
         if param is not None and not isinstance(param, Parameter):
-            raise TypeError(f"parameter {name!r} must be a Parameter or None, got {type(param).__name__}")
+            raise TypeError(
+                f"parameter {name!r} must be a Parameter or None, got {type(param).__name__}"
+            )
         self._claim(name, self._parameters)
         self._parameters[name] = param
 
@@ -133,7 +140,9 @@ class Module:
         Persistent buffers go into ``state_dict``; non-persistent ones only move with ``to``.
         """
         if tensor is not None and not isinstance(tensor, Tensor):
-            raise TypeError(f"buffer {name!r} must be a Tensor or None, got {type(tensor).__name__}")
+            raise TypeError(
+                f"buffer {name!r} must be a Tensor or None, got {type(tensor).__name__}"
+            )
         self._claim(name, self._buffers)
         self._buffers[name] = tensor
         if not persistent:
@@ -158,7 +167,9 @@ class Module:
         for _, module in self.named_children():
             yield module
 
-    def named_modules(self, prefix: str = "", memo: set | None = None) -> Iterator[tuple[str, Module]]:
+    def named_modules(
+        self, prefix: str = "", memo: set | None = None
+    ) -> Iterator[tuple[str, Module]]:
         """Every module in the tree, this one first (as ``prefix``), each one once."""
         memo = set() if memo is None else memo
         if id(self) in memo:
@@ -273,8 +284,13 @@ class Module:
     def _state_targets(self, prefix: str = "") -> dict[str, Tensor]:
         """Like ``state_dict`` but the live Parameters and buffers themselves."""
         targets = {prefix + n: p for n, p in self._parameters.items() if p is not None}
-        targets.update({prefix + n: b for n, b in self._buffers.items()
-                        if b is not None and n not in self._non_persistent})
+        targets.update(
+            {
+                prefix + n: b
+                for n, b in self._buffers.items()
+                if b is not None and n not in self._non_persistent
+            }
+        )
         for name, child in self.named_children():
             targets.update(child._state_targets(prefix=f"{prefix}{name}."))
         return targets
@@ -292,11 +308,17 @@ class Module:
         targets = self._state_targets()
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
-        problems = [f"shape mismatch for {k!r}: checkpoint {_shape_of(k, v)}, model {targets[k].shape}"
-                    for k, v in state.items() if k in targets and _shape_of(k, v) != targets[k].shape]
+        problems = [
+            f"shape mismatch for {k!r}: checkpoint {_shape_of(k, v)}, model {targets[k].shape}"
+            for k, v in state.items()
+            if k in targets and _shape_of(k, v) != targets[k].shape
+        ]
         if strict:
-            problems = ([f"missing keys: {missing}"] if missing else []) + (
-                [f"unexpected keys: {unexpected}"] if unexpected else []) + problems
+            problems = (
+                ([f"missing keys: {missing}"] if missing else [])
+                + ([f"unexpected keys: {unexpected}"] if unexpected else [])
+                + problems
+            )
         if problems:
             raise RuntimeError(
                 f"error(s) in loading state_dict for {type(self).__name__} (nothing was loaded):\n  "
@@ -359,7 +381,9 @@ class Module:
 
 def _shape_of(key: str, value: Any) -> tuple:
     if not hasattr(value, "shape"):
-        raise TypeError(f"load_state_dict: {key!r} is a {type(value).__name__}, not a Tensor or array")
+        raise TypeError(
+            f"load_state_dict: {key!r} is a {type(value).__name__}, not a Tensor or array"
+        )
     return tuple(value.shape)
 
 
