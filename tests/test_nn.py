@@ -472,11 +472,15 @@ def test_grouped_query_attention_repeats_heads_in_hugging_face_order():
     assert b == x.shape[0]
 
 
-@pytest.mark.parametrize("kv_heads", [None, 2])
-def test_attention_dropout_path_matches_fused_path(monkeypatch, kv_heads):
+@pytest.mark.parametrize("kv_heads,mask_kind", [(None, "bool"), (2, "bool"), (2, "float")])
+def test_attention_dropout_path_matches_fused_path(monkeypatch, kv_heads, mask_kind):
+    """The explicit path (used only with dropout in training) computes what the fused op does,
+    including a query whose keys are all masked (zeros, finite gradients)."""
     layer = _f64(nn.MultiHeadAttention(8, 4, dropout=0.5, kv_heads=kv_heads))
     x = _randn(2, 4, 8)
     mask = np.array([[True, True, True, False], [False, False, False, False]])[:, None, None, :]
+    if mask_kind == "float":  # an additive bias, e.g. ALiBi's
+        mask = np.random.default_rng(5).normal(size=(2, 1, 4, 4))
     fused = layer.eval()(x, attn_mask=mask, is_causal=True).numpy()
     monkeypatch.setattr(F, "dropout", lambda t, p, training=True, generator=None: t)
     explicit = layer.train()(x, attn_mask=mask, is_causal=True)
