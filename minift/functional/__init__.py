@@ -10,3 +10,4 @@ from minift.functional.loss import binary_cross_entropy_with_logits, cross_entro
 from minift.functional.attention import scaled_dot_product_attention
 from minift.functional.shape import (cat, concatenate, embedding, expand, flatten, gather, index, masked_fill, split, squeeze, stack, unsqueeze, where)
 from minift.functional.activation import dropout, gelu, log_softmax, relu, silu, softmax
+from minift.functional.conv import avg_pool2d, conv2d, max_pool2d
