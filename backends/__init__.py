@@ -39,6 +39,22 @@ class Backend(Protocol):
     def matmul(self, a: Any, b: Any) -> Any: ...
 
 
+class SharedBackend:
+    """Base of the backend classes: one instance per process, kept by copies and pickles.
+
+    A deep-copied module must still point at the same backend, so that identity checks hold and
+    ``manual_seed`` reseeds the generator the copy draws from.
+    """
+
+    name: str
+
+    def __deepcopy__(self, memo: dict) -> SharedBackend:
+        return self
+
+    def __reduce__(self):
+        return get_backend, (self.name,)
+
+
 # name -> "module:class"; modules import lazily so that CuPy is only touched when asked for.
 _REGISTRY = {
     "numpy": "backends.numpy_backend:NumpyBackend",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from backends import BackendUnavailable
+from backends import BackendUnavailable, SharedBackend
 
 
 def _import_cupy():
@@ -33,7 +33,7 @@ def _import_cupy():
     return cupy
 
 
-class CupyBackend:
+class CupyBackend(SharedBackend):
     name = "cuda"
 
     def __init__(self) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from backends import SharedBackend
+
 
 class MetaComputeError(RuntimeError):
     """Raised when code asks a meta array for values."""
@@ -159,7 +161,7 @@ class _MetaNamespace:
         return _MetaNamespace.concatenate([_MetaNamespace.expand_dims(a, axis) for a in arrays], axis)
 
 
-class MetaBackend:
+class MetaBackend(SharedBackend):
     name = "meta"
     xp = _MetaNamespace()
 

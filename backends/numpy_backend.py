@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from backends import SharedBackend
 
-class NumpyBackend:
+
+class NumpyBackend(SharedBackend):
     name = "numpy"
     xp = np
 
@@ -58,7 +60,7 @@ class NumpyBackend:
 
     def bernoulli(self, shape, p, generator=None):
         """Boolean array, True with probability ``p``."""
-        return (generator or self.rng).random(size=shape) < p
+        return (generator or self.rng).random(size=shape, dtype=np.float32) < p
 
     def integers(self, shape, low, high):
         return self.rng.integers(low, high, size=shape)

@@ -54,7 +54,7 @@ def enable_grad():
 class Context:
     """What a ``Function`` remembers between its forward and its backward."""
 
-    __slots__ = ("fn", "parents", "needs_input_grad", "saved", "records", "backend", "__dict__")
+    __slots__ = ("__dict__", "backend", "fn", "needs_input_grad", "parents", "records", "saved")
 
     def __init__(self, needs_input_grad: tuple[bool, ...], records: bool, backend) -> None:
         self.backend = backend  # ops reach xp and the hot operations through it

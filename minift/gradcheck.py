@@ -12,8 +12,8 @@ in a backward shows. Every entry is checked for small inputs; a fixed-seed sampl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 

@@ -57,9 +57,8 @@ def test_no_grad_builds_no_graph_and_saves_nothing():
     with mf.no_grad():
         y = (x * x).exp()
     assert not y.requires_grad and y.is_leaf
-    with mf.no_grad():
-        with mf.enable_grad():
-            z = x * x
+    with mf.no_grad(), mf.enable_grad():
+        z = x * x
     assert z.requires_grad
 
 

@@ -74,3 +74,15 @@ def test_ops_route_matmul_through_the_backend(monkeypatch):
     a = mf.tensor(np.ones((2, 3)), requires_grad=True)
     (a @ mf.tensor(np.ones((3, 4)))).sum().backward()
     assert len(calls) == 2  # forward and the gradient of a
+
+
+def test_deepcopy_keeps_the_one_backend_instance():
+    import copy
+
+    from minift import nn
+
+    layer = nn.Linear(3, 2)
+    clone = copy.deepcopy(layer)
+    assert clone.weight.backend is layer.weight.backend is get_backend("numpy")
+    assert clone.weight is not layer.weight
+    np.testing.assert_array_equal(clone.weight.numpy(), layer.weight.numpy())

@@ -11,8 +11,14 @@ import pytest
 
 import minift as mf
 from minift.io import (
-    SafeFile, load, load_checkpoint, load_file, read_metadata, save,
-    save_checkpoint, save_file,
+    SafeFile,
+    load,
+    load_checkpoint,
+    load_file,
+    read_metadata,
+    save,
+    save_checkpoint,
+    save_file,
 )
 
 FIXTURE = Path(__file__).parent / "fixtures" / "reference.safetensors"

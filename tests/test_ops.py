@@ -20,6 +20,8 @@ def _tensors(arrays, backend, requires_grad):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_forward_matches_numpy_reference(case, backend):
+    if "numpy-rng" in case.tags and backend.name != "numpy":
+        pytest.skip("the reference redraws NumPy's random stream")
     arrays = case.make_inputs(np.random.default_rng(0))
     expected = case.reference(*arrays)
     out = case.fn(*_tensors(arrays, backend, requires_grad=False))

@@ -39,7 +39,7 @@ def np_log_softmax(x, axis=-1):
 
 
 def np_dropout(x, p, seed):
-    keep = np.random.default_rng(seed).random(size=x.shape) < 1.0 - p
+    keep = np.random.default_rng(seed).random(size=x.shape, dtype=np.float32) < 1.0 - p
     return x * keep / (1.0 - p)
 
 

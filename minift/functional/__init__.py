@@ -1,13 +1,45 @@
 """Differentiable ops, one ``Function`` per op (``import minift.functional as F``)."""
 
-from minift.functional.basic import (
-    abs, add, div, exp, linear, log, matmul, max, mean, mul, neg, pow, sigmoid, sqrt, sub,
-    sum, tanh, var,
-)
-from minift.functional.shape import permute, reshape, transpose
-from minift.functional.norm import batch_norm, layer_norm, rms_norm
-from minift.functional.loss import binary_cross_entropy_with_logits, cross_entropy, mse_loss
-from minift.functional.attention import scaled_dot_product_attention
-from minift.functional.shape import (cat, concatenate, embedding, expand, flatten, gather, index, masked_fill, split, squeeze, stack, unsqueeze, where)
 from minift.functional.activation import dropout, gelu, log_softmax, relu, silu, softmax
+from minift.functional.attention import scaled_dot_product_attention
+from minift.functional.basic import (
+    abs,
+    add,
+    div,
+    exp,
+    linear,
+    log,
+    matmul,
+    max,
+    mean,
+    mul,
+    neg,
+    pow,
+    sigmoid,
+    sqrt,
+    sub,
+    sum,
+    tanh,
+    var,
+)
 from minift.functional.conv import avg_pool2d, conv2d, max_pool2d
+from minift.functional.loss import binary_cross_entropy_with_logits, cross_entropy, mse_loss
+from minift.functional.norm import batch_norm, layer_norm, rms_norm
+from minift.functional.shape import (
+    cat,
+    concatenate,
+    embedding,
+    expand,
+    flatten,
+    gather,
+    index,
+    masked_fill,
+    permute,
+    reshape,
+    split,
+    squeeze,
+    stack,
+    transpose,
+    unsqueeze,
+    where,
+)

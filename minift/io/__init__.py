@@ -3,8 +3,15 @@
 from minift.io.atomic import atomic_directory, atomic_write, fsync_directory
 from minift.io.checkpoint import load_checkpoint, save_checkpoint
 from minift.io.safetensors import (
-    MAX_HEADER_SIZE, SafeFile, SafetensorsError, TensorInfo, load, load_file, read_metadata,
-    save, save_file,
+    MAX_HEADER_SIZE,
+    SafeFile,
+    SafetensorsError,
+    TensorInfo,
+    load,
+    load_file,
+    read_metadata,
+    save,
+    save_file,
 )
 
 __all__ = [

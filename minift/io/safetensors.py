@@ -12,6 +12,8 @@ read through a read-only memory map, so loading a 10 GB checkpoint costs no 10 G
 
 from __future__ import annotations
 
+import contextlib
+
 import io
 import json
 import math
@@ -275,10 +277,9 @@ class SafeFile:
         """Unmap the file, unless arrays handed out still view it (then the last one does)."""
         self._closed = True
         if isinstance(self._buf, _mmap.mmap):
-            try:
+            # while views are alive close() refuses; the map then closes with the last view
+            with contextlib.suppress(BufferError):
                 self._buf.close()
-            except BufferError:
-                pass  # views are alive; the map closes when the last of them is freed
 
     def __enter__(self) -> SafeFile:
         return self

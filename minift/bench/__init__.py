@@ -1,0 +1,1 @@
+"""Benchmarks: tables of measured time, printed by ``minift bench ...``; never timed tests."""
