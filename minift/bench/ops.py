@@ -123,20 +123,20 @@ def _conv_case(xp, backend, n=32, c=64, hw=32, o=64, k=3):
         tx, tw = mf.tensor(x, requires_grad=True), mf.tensor(w, requires_grad=True)
         F.conv2d(tx, tw, padding=1).backward(g)
 
-    def bare_conv():
+    def bare_conv():  # the fastest plain layout measured: columns (N, C*k*k, H*W)
         padded = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
         s = padded.strides
-        cols = xp.lib.stride_tricks.as_strided(padded, (n, hw, hw, c, k, k), (s[0], s[2], s[3], s[1], s[2], s[3]))
-        cols = cols.reshape(n * hw * hw, c * k * k)
+        view = xp.lib.stride_tricks.as_strided(padded, (n, c, k, k, hw, hw), s + s[2:])
+        cols = view.reshape(n, c * k * k, hw * hw)
         wm = w.reshape(o, -1)
-        (cols @ wm.T).reshape(n, hw, hw, o).transpose(0, 3, 1, 2)
-        g2 = g.transpose(0, 2, 3, 1).reshape(-1, o)
-        g2.T @ cols
-        dcols = (g2 @ wm).reshape(n, hw, hw, c, k, k)
+        wm @ cols  # y, already (N, O, H*W)
+        g2 = g.reshape(n, o, hw * hw)
+        (g2 @ cols.swapaxes(-1, -2)).sum(0)  # dW
+        dcols = (wm.T @ g2).reshape(n, c, k, k, hw, hw)
         dx = xp.zeros_like(padded)
         for i in range(k):
             for j in range(k):
-                dx[:, :, i : i + hw, j : j + hw] += dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+                dx[:, :, i : i + hw, j : j + hw] += dcols[:, :, i, j]
 
     return minift_conv, bare_conv
 
