@@ -10,7 +10,7 @@ import pytest
 
 import minift as mf
 from minift import functional as F
-from minift.functional.shape import scatter_add_rows
+from minift.functional.indexing import scatter_add_rows
 
 
 def leaf(array, dtype="float64"):

@@ -13,7 +13,6 @@ read through a read-only memory map, so loading a 10 GB checkpoint costs no 10 G
 from __future__ import annotations
 
 import contextlib
-
 import io
 import json
 import math
