@@ -32,7 +32,7 @@ def scatter_add_rows(backend, ids: Any, values: Any, num_rows: int) -> Any:
         return out
     # NumPy's add.at goes one element at a time. Sorting the ids makes each id's rows one
     # contiguous run: reduceat sums the runs, and one plain assignment writes the unique ids
-    # (1.5-4x faster than add.at for a (B*T, d) gradient into a (V, d) table).
+    # (measured in docs/ops.md: 3.5x faster than add.at when ids repeat, equal when few do).
     order = xp.argsort(ids)
     sorted_ids = ids[order]
     starts = xp.flatnonzero(xp.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
