@@ -63,6 +63,9 @@ class Context:
         self.saved: tuple = ()
         self.fn = None
         self.parents: tuple = ()
+        # set by backward(): when False, the saved arrays die right after this backward, so
+        # an op may reuse one as its gradient buffer instead of allocating a new array
+        self.retain_graph = True
 
     def save_for_backward(self, *arrays: Any) -> None:
         """Keep arrays for ``backward``; a no-op when no graph is being recorded."""
@@ -184,6 +187,7 @@ def backward(root, grad: Any = None, retain_graph: bool = False) -> None:
                 "trying to backward through the graph a second time (its saved arrays were "
                 "freed by the first backward); pass retain_graph=True to the first call"
             )
+        ctx.retain_graph = retain_graph
         input_grads = ctx.fn.backward(ctx, g)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)

@@ -156,3 +156,14 @@ def test_comparisons_are_not_differentiable():
 def test_tensor_hashes_by_identity():
     x, y = mf.tensor([1.0]), mf.tensor([1.0])
     assert len({x, y}) == 2
+
+
+def test_ops_reusing_saved_buffers_still_allow_retain_graph():
+    """Cross-entropy reuses its saved softmax as gradient buffer only when the graph dies."""
+    logits = mf.tensor(np.random.default_rng(0).standard_normal((4, 5)), requires_grad=True)
+    target = mf.tensor(np.array([0, 3, 1, 4]))
+    loss = F.cross_entropy(logits, target)
+    loss.backward(retain_graph=True)
+    first = logits.grad.numpy().copy()
+    loss.backward()
+    np.testing.assert_allclose(logits.grad.numpy(), 2 * first, rtol=1e-12)

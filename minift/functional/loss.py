@@ -78,7 +78,8 @@ class CrossEntropy(Function):
         if ctx.count == 0:
             return ctx.backend.xp.zeros(ctx.shape, dtype=p.dtype), None
         w = (_grad_scale(g, ctx.reduction, ctx.count).reshape(-1) * keep).reshape(-1, 1)  # (N, 1)
-        gz = p * w
+        gz = p.copy() if ctx.retain_graph else p  # p dies after this call: reuse its memory
+        gz *= w
         if eps:
             gz -= w * (eps / p.shape[1])
         gz[ctx.backend.xp.arange(t.shape[0]), t] -= (1 - eps) * w[:, 0]
