@@ -73,7 +73,7 @@ def gradcheck(backend: str, seed: int, name_filter: str) -> None:
 @common_options
 @click.option("--steps", default=300, show_default=True, help="Optimisation steps.")
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--lr", default=3e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--lr", default=6e-3, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--out", default="runs/demo", show_default=True, help="Folder for metrics.jsonl.")
 def train(backend: str, seed: int, steps: int, batch_size: int, lr: float, out: str) -> None:
     """Train the default demo: a small character-level transformer on stdlib docstrings."""
