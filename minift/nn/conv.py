@@ -8,7 +8,6 @@ https://arxiv.org/abs/1502.03167).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from minift import functional as F
@@ -73,11 +72,7 @@ class Conv2d(Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in, _ = init.calculate_fan_in_and_fan_out(self.weight)
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            init.uniform_(self.bias, -bound, bound)
+        init.linear_default_(self.weight, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         _check_nchw(x, self.in_channels, "Conv2d")

@@ -139,3 +139,16 @@ def trunc_normal_(
         values[outside] = backend.normal((int(outside.sum()),), mean, std, dtype=tensor.dtype)
         outside = (values < a) | (values > b)
     return _write(tensor, values)
+
+
+def linear_default_(weight: Tensor, bias: Tensor | None) -> None:
+    """PyTorch's default for Linear and Conv: W ~ kaiming_uniform(a=sqrt(5)), b ~ U(+-1/sqrt(fan_in)).
+
+    With a = sqrt(5) the gain is sqrt(2 / 6), so W's bound sqrt(3) * gain / sqrt(fan_in) is
+    1/sqrt(fan_in) too: every entry of W and b is uniform on [-1/sqrt(fan_in), 1/sqrt(fan_in)].
+    """
+    kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in, _ = calculate_fan_in_and_fan_out(weight)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        uniform_(bias, -bound, bound)
