@@ -15,6 +15,10 @@ never recursion, so a 10,000-op chain is fine), multiplying by each local deriva
 
 Broadcasting is undone here, in one place (``unbroadcast``), so an op's ``backward`` may
 return a gradient with its output's broadcast shape.
+
+The graph's nodes are contexts and leaf tensors, never intermediate tensors: a context points
+at the contexts that made its inputs, so an intermediate array stays alive only while a
+Tensor refers to it or an op saved it (ReLU keeps its 1-byte mask, not its input).
 """
 
 from __future__ import annotations
@@ -105,7 +109,11 @@ class Function:
         if not records:
             return Tensor._wrap(out, backend)
         ctx.fn = cls
-        ctx.parents = inputs
+        # each input's node: the context that made it, or the leaf tensor itself
+        ctx.parents = tuple(
+            (x._ctx or x) if isinstance(x, Tensor) and x.requires_grad else None for x in inputs
+        )
+        ctx.out_shape, ctx.out_dtype = out.shape, out.dtype
         return Tensor._wrap(out, backend, ctx)
 
 
@@ -126,26 +134,31 @@ def unbroadcast(grad: Any, shape: tuple) -> Any:
     return grad.reshape(shape)
 
 
-def _reverse_topological_order(root) -> list:
-    """Tensors that lead to ``root`` and need gradients, outputs before inputs (no recursion)."""
-    from minift.tensor import Tensor
+def _reverse_topological_order(root: Context) -> list:
+    """Graph nodes that lead to ``root``, outputs before inputs (explicit stack, no recursion).
 
+    A node is a Context (an op's output) or a leaf Tensor; leaves have no parents.
+    """
     order, visited, stack = [], set(), [(root, False)]
     while stack:
-        tensor, children_done = stack.pop()
-        if children_done:
-            order.append(tensor)
+        node, parents_done = stack.pop()
+        if parents_done:
+            order.append(node)
             continue
-        if id(tensor) in visited:
+        if id(node) in visited:
             continue
-        visited.add(id(tensor))
-        stack.append((tensor, True))
-        if tensor._ctx is not None:
-            for parent in tensor._ctx.parents:
-                if isinstance(parent, Tensor) and parent.requires_grad and id(parent) not in visited:
-                    stack.append((parent, False))
+        visited.add(id(node))
+        stack.append((node, True))
+        if isinstance(node, Context):
+            stack.extend((p, False) for p in node.parents if p is not None and id(p) not in visited)
     order.reverse()
     return order
+
+
+def _shape_dtype(node) -> tuple:
+    if isinstance(node, Context):
+        return node.out_shape, node.out_dtype
+    return node.data.shape, node.data.dtype
 
 
 def backward(root, grad: Any = None, retain_graph: bool = False) -> None:
@@ -154,7 +167,7 @@ def backward(root, grad: Any = None, retain_graph: bool = False) -> None:
     Args:
         root: the Tensor to differentiate, usually a scalar loss.
         grad: dL/d(root) with root's shape; may be omitted only when root has one element.
-        retain_graph: keep saved arrays so that backward can run through the graph again.
+        retain_graph: keep the graph and its saved arrays so that backward can run again.
     """
     from minift.tensor import Tensor
 
@@ -173,31 +186,35 @@ def backward(root, grad: Any = None, retain_graph: bool = False) -> None:
         if grad.shape != root.shape:
             raise ValueError(f"backward(): grad shape {grad.shape} != output shape {root.shape}")
 
-    grads = {id(root): grad}
-    for tensor in _reverse_topological_order(root):
-        g = grads.pop(id(tensor), None)
+    start = root._ctx or root
+    grads, given = {id(start): grad}, set()
+    for node in _reverse_topological_order(start):
+        g = grads.pop(id(node), None)
         if g is None:
             continue
-        ctx = tensor._ctx
-        if ctx is None:  # a leaf: accumulate, never in place, since g may alias other gradients
-            tensor.grad = Tensor._wrap(g if tensor.grad is None else tensor.grad.data + g, tensor.backend)
+        if isinstance(node, Tensor):  # a leaf: accumulate, never in place
+            if id(g) in given or getattr(g, "base", None) is not None:
+                g = g.copy()  # a view or an array another leaf holds: .grad gets its own
+            given.add(id(g))
+            node.grad = Tensor._wrap(g if node.grad is None else node.grad.data + g, node.backend)
             continue
-        if ctx.saved is None:
+        if node.saved is None:
             raise RuntimeError(
                 "trying to backward through the graph a second time (its saved arrays were "
                 "freed by the first backward); pass retain_graph=True to the first call"
             )
-        ctx.retain_graph = retain_graph
-        input_grads = ctx.fn.backward(ctx, g)
+        node.retain_graph = retain_graph
+        input_grads = node.fn.backward(node, g)
         if not isinstance(input_grads, tuple):
             input_grads = (input_grads,)
-        for parent, pg in zip(ctx.parents, input_grads):
-            if pg is None or not isinstance(parent, Tensor) or not parent.requires_grad:
+        for parent, pg in zip(node.parents, input_grads):
+            if pg is None or parent is None:
                 continue
-            pg = unbroadcast(pg, parent.data.shape)
-            if pg.dtype != parent.data.dtype:
-                pg = pg.astype(parent.data.dtype)
+            shape, dtype = _shape_dtype(parent)
+            pg = unbroadcast(pg, shape)
+            if pg.dtype != dtype:
+                pg = pg.astype(dtype)
             key = id(parent)
             grads[key] = pg if key not in grads else grads[key] + pg
         if not retain_graph:
-            ctx.saved = None
+            node.saved, node.parents = None, ()  # free the saved arrays and the graph

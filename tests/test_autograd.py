@@ -167,3 +167,43 @@ def test_ops_reusing_saved_buffers_still_allow_retain_graph():
     first = logits.grad.numpy().copy()
     loss.backward()
     np.testing.assert_allclose(logits.grad.numpy(), 2 * first, rtol=1e-12)
+
+
+def test_graph_keeps_only_saved_arrays_alive():
+    """Relu saves a mask, not its input: the linear output dies once no Tensor refers to it."""
+    import gc
+    import weakref
+
+    x = mf.tensor(np.ones((4, 3)), requires_grad=True)
+    w = mf.tensor(np.ones((3, 3)), requires_grad=True)
+    h1 = F.linear(x, w)
+    alive = weakref.ref(h1.data)
+    h2 = F.relu(h1)
+    del h1
+    gc.collect()
+    assert alive() is None
+    h2.sum().backward()
+    np.testing.assert_allclose(w.grad.numpy(), np.full((3, 3), 4.0))
+
+
+def test_backward_frees_the_graph_even_if_the_loss_is_kept():
+    import gc
+    import weakref
+
+    x = mf.tensor(np.ones((4, 3)), requires_grad=True)
+    h = (x * 2.0).exp()
+    alive = weakref.ref(h.data)
+    loss = (h * h).sum()
+    del h
+    loss.backward()
+    gc.collect()
+    assert alive() is None and loss.item() > 0
+
+
+def test_leaf_gradients_never_share_an_array():
+    a = mf.tensor([1.0, 2.0], requires_grad=True)
+    b = mf.tensor([3.0, 4.0], requires_grad=True)
+    (a + b).sum().backward()
+    assert a.grad.data is not b.grad.data
+    a.grad.data *= 2  # writable and private
+    np.testing.assert_array_equal(b.grad.numpy(), [1.0, 1.0])
