@@ -28,11 +28,26 @@ def _operands(a: Any, b: Any) -> tuple:
     return as_operand(a, b), b
 
 
+def check_axis(axis: int, ndim: int, op: str) -> int:
+    """``axis`` as a non-negative index, or an IndexError naming the op (no silent wrap-around)."""
+    if not -ndim <= axis < ndim:
+        raise IndexError(f"{op}: axis {axis} is out of range for a tensor with {ndim} axes")
+    return axis % ndim
+
+
 def _axes(axis: Any, ndim: int) -> tuple:
+    """Reduction axes, validated; a 0-d tensor accepts axis 0 or -1, as in PyTorch."""
     if axis is None:
         return tuple(range(ndim))
     axes = axis if isinstance(axis, (tuple, list)) else (axis,)
-    return tuple(a % ndim for a in axes)
+    if ndim == 0:
+        if any(a not in (0, -1) for a in axes):
+            raise IndexError(f"reduction: axis {axes} is out of range for a 0-d tensor")
+        return ()
+    axes = tuple(check_axis(a, ndim, "reduction") for a in axes)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"reduction: axis {axis} names an axis twice")
+    return axes
 
 
 def _expand_reduced(g: Any, ctx: Context) -> Any:
@@ -122,8 +137,10 @@ class Pow(Function):
     @staticmethod
     def backward(ctx, g):
         x, p, y = ctx.saved
-        gx = g * p * x ** (p - 1) if ctx.needs_input_grad[0] else None
-        gp = g * y * ctx.backend.xp.log(x) if ctx.needs_input_grad[1] else None
+        xp = ctx.backend.xp
+        # where p == 0 the derivative is 0, even at x = 0 where x^(p-1) is inf
+        gx = g * xp.where(p == 0, 0, p * x ** (p - 1)) if ctx.needs_input_grad[0] else None
+        gp = g * y * xp.log(x) if ctx.needs_input_grad[1] else None
         return gx, gp
 
 
@@ -336,7 +353,8 @@ class Var(Function):
     @staticmethod
     def backward(ctx, g):
         centered = ctx.saved[0]
-        return _expand_reduced(g, ctx) * (2.0 / ctx.denominator) * centered
+        scale = 2.0 / ctx.denominator if ctx.denominator else float("nan")  # n <= correction
+        return _expand_reduced(g, ctx) * scale * centered
 
 
 # --- the functional API -----------------------------------------------------------------------

@@ -11,8 +11,7 @@ import numbers
 from typing import Any
 
 from minift.autograd import Function
-from minift.functional.basic import as_operand
-from minift.functional.shape import _axis
+from minift.functional.basic import as_operand, check_axis
 from minift.tensor import Tensor
 
 
@@ -191,7 +190,7 @@ def gather(x: Tensor, axis: int, index: Any) -> Tensor:
 
     ``index`` has x's number of axes and is no larger than x along the other axes.
     """
-    axis = _axis(axis, x.ndim, "gather")
+    axis = check_axis(axis, x.ndim, "gather")
     index = _index_array(index, x.backend)
     if index.dtype.kind == "b" or index.ndim != x.ndim:
         raise ValueError(f"gather: index must be an integer array with {x.ndim} axes like x, "

@@ -11,6 +11,7 @@ import numbers
 from collections.abc import Sequence
 
 from minift.autograd import Function
+from minift.functional.basic import check_axis
 from minift.tensor import Tensor
 
 
@@ -142,11 +143,6 @@ class SplitPiece(Function):
 
 
 # --- indexing ---------------------------------------------------------------------------------
-def _axis(axis: int, ndim: int, op: str) -> int:
-    if not -ndim <= axis < ndim:
-        raise IndexError(f"{op}: axis {axis} is out of range for a tensor with {ndim} axes")
-    return axis % ndim
-
 
 def reshape(x: Tensor, shape) -> Tensor:
     shape = tuple(shape)
@@ -156,7 +152,7 @@ def reshape(x: Tensor, shape) -> Tensor:
 
 
 def permute(x: Tensor, dims) -> Tensor:
-    dims = tuple(d % x.ndim for d in dims)
+    dims = tuple(check_axis(d, x.ndim, "permute") for d in dims)
     if sorted(dims) != list(range(x.ndim)):
         raise ValueError(f"permute: {dims} is not a permutation of the {x.ndim} axes")
     return Permute.apply(x, dims=dims)
@@ -193,7 +189,7 @@ def expand(x: Tensor, shape) -> Tensor:
 
 def unsqueeze(x: Tensor, axis: int) -> Tensor:
     """Insert a size-1 axis at ``axis`` (-1 appends one at the end)."""
-    axis = _axis(axis, x.ndim + 1, "unsqueeze")
+    axis = check_axis(axis, x.ndim + 1, "unsqueeze")
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
@@ -203,7 +199,7 @@ def squeeze(x: Tensor, axis: int | Sequence[int] | None = None) -> Tensor:
         axes = {i for i, s in enumerate(x.shape) if s == 1}
     else:
         listed = axis if isinstance(axis, (tuple, list)) else (axis,)
-        axes = {_axis(a, x.ndim, "squeeze") for a in listed}
+        axes = {check_axis(a, x.ndim, "squeeze") for a in listed}
         axes = {a for a in axes if x.shape[a] == 1}
     return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in axes))
 
@@ -212,7 +208,7 @@ def flatten(x: Tensor, start_axis: int = 0, end_axis: int = -1) -> Tensor:
     """Merge axes start_axis..end_axis (inclusive) into one; a scalar becomes shape (1,)."""
     if x.ndim == 0:
         return reshape(x, (1,))
-    start, end = _axis(start_axis, x.ndim, "flatten"), _axis(end_axis, x.ndim, "flatten")
+    start, end = check_axis(start_axis, x.ndim, "flatten"), check_axis(end_axis, x.ndim, "flatten")
     if start > end:
         raise ValueError(f"flatten: start_axis {start_axis} comes after end_axis {end_axis}")
     merged = 1
@@ -234,7 +230,7 @@ def cat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     """Join tensors along an existing axis; all other axes must match."""
     _check_joinable(tensors, "cat")
     first = tensors[0].shape
-    axis = _axis(axis, len(first), "cat")
+    axis = check_axis(axis, len(first), "cat")
     for t in tensors[1:]:
         others = [i for i in range(len(first)) if i != axis]
         if t.ndim != len(first) or any(t.shape[i] != first[i] for i in others):
@@ -252,7 +248,7 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
     for t in tensors[1:]:
         if t.shape != first:
             raise ValueError(f"stack: all tensors need the same shape, got {first} and {t.shape}")
-    return Stack.apply(*tensors, axis=_axis(axis, len(first) + 1, "stack"))
+    return Stack.apply(*tensors, axis=check_axis(axis, len(first) + 1, "stack"))
 
 
 def split(x: Tensor, split_size_or_sections: int | Sequence[int], axis: int = 0) -> tuple:
@@ -261,7 +257,7 @@ def split(x: Tensor, split_size_or_sections: int | Sequence[int], axis: int = 0)
 
     ``q, k, v = qkv.split(C, axis=-1)`` costs no copy forward and one buffer backward.
     """
-    axis = _axis(axis, x.ndim, "split")
+    axis = check_axis(axis, x.ndim, "split")
     length = x.shape[axis]
     if isinstance(split_size_or_sections, numbers.Integral):
         size = int(split_size_or_sections)

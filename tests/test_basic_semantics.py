@@ -1,0 +1,57 @@
+"""Edge semantics of the basic ops that the catalogue's random inputs do not reach."""
+
+import numpy as np
+import pytest
+
+import minift as mf
+from minift import functional as F
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: x.sum(axis=2), lambda x: x.mean(axis=-3), lambda x: x.max(axis=(0, 2)),
+    lambda x: F.permute(x, (0, 3)),
+])
+def test_out_of_range_axes_raise_instead_of_wrapping(call):
+    with pytest.raises(IndexError, match="out of range"):
+        call(mf.tensor(np.ones((2, 3))))
+
+
+def test_repeated_reduction_axis_raises():
+    with pytest.raises(ValueError, match="twice"):
+        mf.tensor(np.ones((2, 3))).sum(axis=(1, -1))
+
+
+def test_zero_d_tensors_accept_axis_zero_like_pytorch():
+    s = mf.tensor(3.0, requires_grad=True)
+    s.sum(axis=0).backward()
+    assert s.grad.item() == 1.0
+
+
+def test_max_shares_the_gradient_among_ties():
+    x = mf.tensor([[1.0, 3.0, 3.0]], requires_grad=True)
+    x.max(axis=1).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [[0.0, 0.5, 0.5]])
+
+
+def test_var_with_one_sample_is_nan_not_a_crash():
+    x = mf.tensor([[1.0], [2.0]], requires_grad=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        F.var(x, axis=1).sum().backward()
+    assert np.isnan(x.grad.numpy()).all()
+
+
+def test_pow_zero_exponent_has_zero_gradient_at_zero():
+    x = mf.tensor([0.0, 1.0], requires_grad=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        (x**0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0])
+
+
+def test_matmul_rejects_misaligned_shapes_by_name():
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(4, 5\)"):
+        mf.tensor(np.ones((2, 3))) @ mf.tensor(np.ones((4, 5)))
+
+
+def test_linear_names_the_feature_mismatch():
+    with pytest.raises(ValueError, match="input has 3 features"):
+        F.linear(mf.tensor(np.ones((2, 3))), mf.tensor(np.ones((4, 5))))
