@@ -55,3 +55,23 @@ def test_matmul_rejects_misaligned_shapes_by_name():
 def test_linear_names_the_feature_mismatch():
     with pytest.raises(ValueError, match="input has 3 features"):
         F.linear(mf.tensor(np.ones((2, 3))), mf.tensor(np.ones((4, 5))))
+
+
+def test_integer_tensors_meet_floats_in_the_float_dtype():
+    i = mf.tensor([1, 2, 3])
+    w = mf.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    assert (i * 0.5).dtype == np.float32 and (i / i).dtype == np.float32
+    assert (i + 1).dtype == np.int64
+    assert (w * i).dtype == np.float32 and (w * (i * 0.5)).dtype == np.float32
+    (w * i).sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy(), [1.0, 2.0, 3.0])
+
+
+def test_float32_and_float64_tensors_promote_and_keep_both_graphs():
+    a = mf.tensor([1.0, 2.0], requires_grad=True)
+    b = mf.tensor(np.array([3.0, 4.0]), requires_grad=True)
+    y = a * b
+    assert y.dtype == np.float64
+    y.sum().backward()
+    assert a.grad.dtype == np.float32 and b.grad.dtype == np.float64
+    np.testing.assert_array_equal(a.grad.numpy(), [3.0, 4.0])

@@ -11,21 +11,44 @@ from __future__ import annotations
 from typing import Any
 
 from minift.autograd import Context, Function
-from minift.tensor import Tensor
+from minift.tensor import Tensor, get_default_dtype
 
 
 def as_operand(x: Any, like: Tensor) -> Any:
-    """Tensors pass through; Python numbers become arrays of ``like``'s dtype and backend."""
+    """Tensors pass through; numbers and arrays become arrays on ``like``'s backend.
+
+    A float tensor keeps its dtype (``x32 * 0.5`` stays float32); a Python float meeting an
+    integer tensor takes the default float dtype, as in PyTorch.
+    """
     if isinstance(x, Tensor):
         return x
-    dtype = like.dtype if like.dtype.kind == "f" or isinstance(x, int) else None
+    if like.dtype.kind == "f" or isinstance(x, int):
+        dtype = like.dtype
+    else:
+        dtype = get_default_dtype() if isinstance(x, float) else None
     return like.backend.xp.asarray(x, dtype=dtype)
 
 
-def _operands(a: Any, b: Any) -> tuple:
-    if isinstance(a, Tensor):
-        return a, as_operand(b, a)
-    return as_operand(a, b), b
+def _as_float(x: Any, dtype: Any) -> Any:
+    """An integer or boolean operand cast to ``dtype`` (they carry no gradient to lose)."""
+    if x.dtype.kind == "f":
+        return x
+    return Tensor._wrap(x.data.astype(dtype), x.backend) if isinstance(x, Tensor) else x.astype(dtype)
+
+
+def _operands(a: Any, b: Any, true_division: bool = False) -> tuple:
+    """Both operands as Tensors or arrays of one float dtype where floats are involved.
+
+    NumPy would promote int64 with float32 to float64 and send a float32 graph into float64;
+    PyTorch casts the integer side to the float side's dtype instead, and so does minift.
+    """
+    a, b = (a, as_operand(b, a)) if isinstance(a, Tensor) else (as_operand(a, b), b)
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        dtype = a.dtype if a.dtype.kind == "f" else b.dtype
+        return _as_float(a, dtype), _as_float(b, dtype)
+    if true_division:  # int / int is a float division
+        return _as_float(a, get_default_dtype()), _as_float(b, get_default_dtype())
+    return a, b
 
 
 def check_axis(axis: int, ndim: int, op: str) -> int:
@@ -371,7 +394,7 @@ def mul(a, b) -> Tensor:
 
 
 def div(a, b) -> Tensor:
-    return Div.apply(*_operands(a, b))
+    return Div.apply(*_operands(a, b, true_division=True))
 
 
 def neg(x: Tensor) -> Tensor:
