@@ -57,7 +57,7 @@ def gradcheck(backend: str, seed: int, name_filter: str) -> None:
         if name_filter not in case.name or not case.differentiable:
             continue
         arrays = case.make_inputs(np.random.default_rng(seed))
-        inputs = [mf.tensor(a, requires_grad=a.dtype.kind == "f") for a in arrays]
+        inputs = [mf.tensor(a, requires_grad=a.dtype.kind == "f", backend=be) for a in arrays]
         report = gradcheck_report(case.fn, inputs, atol=case.atol, rtol=case.rtol)
         failures += not report.passed
         table.add_row(case.name, str(report.entries_checked), f"{report.max_abs_error:.1e}",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import numpy as np
+
 from backends import Backend, backend_of, get_backend, loaded_backends
 from minift import autograd
 
@@ -66,8 +68,9 @@ class Tensor:
         backend = get_backend(backend) if backend is not None else None
         if isinstance(data, Tensor):
             data = data.data
-        if backend is None:
-            backend = backend_of(data) if _is_backend_array(data) else _default_backend
+        if backend is None:  # device arrays stay where they are; host data goes to the default
+            owner = backend_of(data) if _is_backend_array(data) else None
+            backend = owner if owner is not None and owner.name != "numpy" else _default_backend
         self.data = backend.asarray(data, dtype=_infer_dtype(data, dtype, backend))
         self.backend = backend
         self.grad: Tensor | None = None
@@ -168,10 +171,8 @@ def _infer_dtype(data: Any, dtype: Any, backend: Backend) -> Any:
         return dtype
     if _is_backend_array(data):
         return None
-    probe = backend.xp.asarray(data) if backend.name != "meta" else None
-    if probe is not None and probe.dtype.kind == "f":
-        return _default_dtype
-    return None
+    probe = np.asarray(data)  # host data (lists, scalars): only its kind matters here
+    return _default_dtype if probe.dtype.kind == "f" else None
 
 
 def tensor(data: Any, requires_grad: bool = False, backend=None, dtype=None) -> Tensor:

@@ -86,3 +86,11 @@ def test_deepcopy_keeps_the_one_backend_instance():
     assert clone.weight.backend is layer.weight.backend is get_backend("numpy")
     assert clone.weight is not layer.weight
     np.testing.assert_array_equal(clone.weight.numpy(), layer.weight.numpy())
+
+
+def test_host_data_goes_to_the_default_backend_with_default_dtype():
+    with mf.use_backend("meta"):
+        assert mf.tensor([1.0]).dtype == np.float32
+        moved = mf.tensor(np.zeros((2, 3)))
+    assert moved.backend.name == "meta" and moved.shape == (2, 3)
+    assert mf.tensor(moved.data).backend.name == "meta"  # device arrays stay put

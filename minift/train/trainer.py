@@ -78,7 +78,6 @@ class Trainer:
         self.max_grad_norm, self.eval_fn, self.eval_every = max_grad_norm, eval_fn, eval_every
         self.log = MetricsLog(metrics_path)
         self.console = console or Console()
-        self.params = [p for p in model.parameters() if p.requires_grad]
 
     def evaluate(self, step: int, result: TrainResult) -> None:
         if self.eval_fn is None:
@@ -93,7 +92,9 @@ class Trainer:
     def train_step(self, batch) -> tuple[float, float]:
         loss = self.loss_fn(batch)
         loss.backward()
-        grad_norm = clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
+        # collected each step: gradual unfreezing changes which parameters train
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = clip_grad_norm_(trainable, self.max_grad_norm or float("inf"))
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
