@@ -380,3 +380,19 @@ def test_unknown_scheduler_lists_valid_names():
         optim.get_scheduler("cosine", opt, num_warmup_steps=10)
     assert optim.get_scheduler("constant", opt).get_last_lr() == [0.1]
     assert math.isclose(optim.get_scheduler("constant_with_warmup", opt, 4).get_last_lr()[0], 0.0)
+
+
+def test_optimizer_state_follows_a_dtype_change():
+    import minift as mf
+    from minift import optim as mf_optim
+
+    p = mf.tensor(np.ones(3, dtype=np.float32), requires_grad=True)
+    opt = mf_optim.Adam([p], lr=0.1)
+    p.grad = mf.tensor(np.ones(3, dtype=np.float32))
+    opt.step()
+    p.data = p.data.astype(np.float64)
+    opt.to(dtype="float64")
+    assert all(v.dtype == np.float64 for v in opt.state[p].values() if hasattr(v, "dtype") and v.ndim)
+    p.grad = mf.tensor(np.ones(3))
+    opt.step()
+    assert p.data.dtype == np.float64

@@ -332,7 +332,8 @@ class Module:
     # --- moving -----------------------------------------------------------------------------
     def to(self, backend: str | Backend | None = None, dtype: Any = None) -> Module:
         """Move parameters, gradients and buffers in place to ``backend`` and/or cast floating
-        ones to ``dtype``. Parameter objects stay the same, so optimizers keep working.
+        ones to ``dtype``. Parameter objects stay the same, so an optimizer still holds them;
+        move its state too with ``optimizer.to(...)``.
 
         ``module.to("float64")`` is read as a dtype, like PyTorch's ``module.to(torch.float64)``.
         """

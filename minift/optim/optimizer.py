@@ -154,13 +154,20 @@ class Optimizer:
             group.update({k: v for k, v in saved.items() if k != "params"})
         self.state = new_state
 
-    def to(self, backend: str | Backend) -> Optimizer:
-        """Move the state arrays to ``backend`` (after moving the parameters themselves)."""
-        target = get_backend(backend)
+    def to(self, backend: str | Backend | None = None, dtype: Any = None) -> Optimizer:
+        """Move the state arrays to ``backend`` and/or cast floating ones to ``dtype``.
+
+        Call it after ``model.to(...)``: the parameters move in place, their state does not.
+        """
         for state in self.state.values():
             for name, value in state.items():
-                if hasattr(value, "shape"):
-                    state[name] = target.asarray(backend_of(value).to_numpy(value))
+                if not hasattr(value, "shape"):
+                    continue
+                if backend is not None:
+                    value = get_backend(backend).asarray(backend_of(value).to_numpy(value))
+                if dtype is not None and value.dtype.kind == "f":
+                    value = value.astype(dtype)
+                state[name] = value
         return self
 
     def _all_params(self) -> list[Tensor]:
