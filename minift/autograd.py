@@ -92,15 +92,18 @@ class Function:
         """
         from minift.tensor import Tensor
 
-        arrays, needs, backend = [], [], None
+        arrays, needs, nodes, backend = [], [], [], None
         for x in inputs:
             if isinstance(x, Tensor):
                 arrays.append(x.data)
                 needs.append(x.requires_grad)
+                # the input's node: the context that made it, or the leaf tensor itself
+                nodes.append((x._ctx or x) if x.requires_grad else None)
                 backend = backend or x.backend
             else:
                 arrays.append(x)
                 needs.append(False)
+                nodes.append(None)
         if backend is None:
             backend = backend_of(next(a for a in arrays if a is not None))
         records = _grad_enabled and any(needs)
@@ -108,11 +111,7 @@ class Function:
         out = cls.forward(ctx, *arrays, **params)
         if not records:
             return Tensor._wrap(out, backend)
-        ctx.fn = cls
-        # each input's node: the context that made it, or the leaf tensor itself
-        ctx.parents = tuple(
-            (x._ctx or x) if isinstance(x, Tensor) and x.requires_grad else None for x in inputs
-        )
+        ctx.fn, ctx.parents = cls, tuple(nodes)
         ctx.out_shape, ctx.out_dtype = out.shape, out.dtype
         return Tensor._wrap(out, backend, ctx)
 
@@ -155,6 +154,11 @@ def _reverse_topological_order(root: Context) -> list:
     return order
 
 
+def _is_shared_view(array: Any) -> bool:
+    """A read-only or broadcast (zero-stride) view, whose entries alias each other or others."""
+    return not getattr(array.flags, "writeable", True) or 0 in array.strides
+
+
 def _shape_dtype(node) -> tuple:
     if isinstance(node, Context):
         return node.out_shape, node.out_dtype
@@ -193,8 +197,8 @@ def backward(root, grad: Any = None, retain_graph: bool = False) -> None:
         if g is None:
             continue
         if isinstance(node, Tensor):  # a leaf: accumulate, never in place
-            if id(g) in given or getattr(g, "base", None) is not None:
-                g = g.copy()  # a view or an array another leaf holds: .grad gets its own
+            if id(g) in given or _is_shared_view(g):
+                g = g.copy()  # .grad must be writable and this leaf's alone
             given.add(id(g))
             node.grad = Tensor._wrap(g if node.grad is None else node.grad.data + g, node.backend)
             continue
