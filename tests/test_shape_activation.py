@@ -265,3 +265,14 @@ def test_dropout_identity_cases_and_p_one():
     for p in (-0.1, 1.5):
         with pytest.raises(ValueError, match=r"p must be in \[0, 1\]"):
             F.dropout(x, p)
+
+
+def test_embedding_padding_idx_gets_no_gradient_but_is_looked_up():
+    import minift as mf
+    from minift import functional as F
+
+    w = mf.tensor(np.arange(12.0).reshape(4, 3), requires_grad=True)
+    out = F.embedding(np.array([1, 3, 1]), w, padding_idx=1)
+    np.testing.assert_array_equal(out.numpy()[0], [3.0, 4.0, 5.0])
+    out.sum().backward()
+    np.testing.assert_array_equal(w.grad.numpy()[:, 0], [0.0, 0.0, 0.0, 1.0])

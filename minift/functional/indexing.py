@@ -97,19 +97,26 @@ class Gather(Function):
 
 
 class Embedding(Function):
-    """y[..., :] = weight[ids[...], :];  dweight[v] = sum of dy over positions with id v."""
+    """y[..., :] = weight[ids[...], :];  dweight[v] = sum of dy over positions with id v.
+
+    The ``padding_idx`` row, if given, gets no gradient (as in PyTorch): it is a fixed
+    "nothing here" vector that the optimizer must never move.
+    """
 
     @staticmethod
-    def forward(ctx, ids, weight):
+    def forward(ctx, ids, weight, padding_idx=None):
         ctx.save_for_backward(ids)
-        ctx.num_rows = weight.shape[0]
+        ctx.num_rows, ctx.padding_idx = weight.shape[0], padding_idx
         return ctx.backend.xp.take(weight, ids, axis=0)
 
     @staticmethod
     def backward(ctx, g):
         (ids,) = ctx.saved
         rows = g.reshape(ids.size, g.shape[-1])  # (B*T, d)
-        return None, scatter_add_rows(ctx.backend, ids.reshape(-1), rows, ctx.num_rows)
+        gw = scatter_add_rows(ctx.backend, ids.reshape(-1), rows, ctx.num_rows)
+        if ctx.padding_idx is not None:
+            gw[ctx.padding_idx] = 0
+        return None, gw
 
 
 # --- selecting --------------------------------------------------------------------------------
@@ -204,8 +211,11 @@ def gather(x: Tensor, axis: int, index: Any) -> Tensor:
         raise IndexError(f"gather: {err} (tensor shape {x.shape}, axis {axis})") from None
 
 
-def embedding(indices: Any, weight: Tensor) -> Tensor:
-    """Rows of ``weight`` (V, d) picked by integer ``indices`` (...,) -> (..., d)."""
+def embedding(indices: Any, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Rows of ``weight`` (V, d) picked by integer ``indices`` (...,) -> (..., d).
+
+    ``padding_idx``: a row that is looked up as usual but receives no gradient.
+    """
     ids = _index_array(indices, weight.backend)
     if ids.dtype.kind == "b" or weight.ndim != 2:
         raise ValueError(f"embedding: needs integer indices and a (V, d) weight, got indices of "
@@ -213,7 +223,9 @@ def embedding(indices: Any, weight: Tensor) -> Tensor:
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]):
         raise IndexError(f"embedding: ids must lie in [0, {weight.shape[0]}), got values from "
                          f"{int(ids.min())} to {int(ids.max())}")
-    return Embedding.apply(ids, weight)
+    if padding_idx is not None:
+        padding_idx = check_axis(padding_idx, weight.shape[0], "embedding padding_idx")
+    return Embedding.apply(ids, weight, padding_idx=padding_idx)
 
 
 def _broadcasts_to(shape: tuple, target: tuple) -> bool:

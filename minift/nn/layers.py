@@ -55,9 +55,8 @@ class Embedding(Module):
     """A lookup table: ids (...) -> rows of W (..., embedding_dim).
 
     Init: W ~ N(0, 1), and the ``padding_idx`` row (if any) is zero. That row also receives no
-    gradient, as in PyTorch: in ``forward`` the outputs at padding positions are taken from a
-    detached lookup (``where(id == padding_idx, detached, live)``), so the scatter-add of the
-    backward adds exact zeros to it, and an optimizer never moves it.
+    gradient, as in PyTorch (``F.embedding`` zeroes it in backward), so an optimizer never
+    moves it.
     """
 
     def __init__(
@@ -84,12 +83,7 @@ class Embedding(Module):
             self.weight.data[self.padding_idx] = 0
 
     def forward(self, ids: Any) -> Tensor:
-        out = F.embedding(ids, self.weight)  # (..., embedding_dim)
-        if self.padding_idx is None or not out.requires_grad:
-            return out
-        raw = ids.data if isinstance(ids, Tensor) else out.backend.xp.asarray(ids)
-        is_pad = (raw == self.padding_idx)[..., None]  # (..., 1)
-        return F.where(is_pad, out.detach(), out)
+        return F.embedding(ids, self.weight, self.padding_idx)  # (..., embedding_dim)
 
     def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
