@@ -207,3 +207,14 @@ def test_leaf_gradients_never_share_an_array():
     assert a.grad.data is not b.grad.data
     a.grad.data *= 2  # writable and private
     np.testing.assert_array_equal(b.grad.numpy(), [1.0, 1.0])
+
+
+def test_frozen_weight_keeps_no_input_alive():
+    """Linear with a frozen weight saves nothing for dW: the activation is not kept for it."""
+    x = mf.tensor(np.ones((4, 3)), requires_grad=True)
+    w = mf.tensor(np.ones((2, 3)))
+    y = F.linear(x, w)
+    saved_x, saved_w = y._ctx.saved
+    assert saved_x is None and saved_w is w.data
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.full((4, 3), 2.0))

@@ -264,7 +264,10 @@ class MatMul(Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        ctx.save_for_backward(a, b)
+        need_a, need_b = ctx.needs_input_grad
+        # dA needs only B and dB only A: a frozen operand's partner is not kept alive
+        ctx.save_for_backward(a if need_b else None, b if need_a else None)
+        ctx.b_is_matrix = b.ndim == 2
         return ctx.backend.matmul(a, b)
 
     @staticmethod
@@ -275,7 +278,7 @@ class MatMul(Function):
         if ctx.needs_input_grad[0]:
             ga = mm(g, b.swapaxes(-1, -2))
         if ctx.needs_input_grad[1]:
-            if b.ndim == 2 and a.ndim > 2:
+            if ctx.b_is_matrix and a.ndim > 2:
                 gb = mm(a.reshape(-1, a.shape[-1]).T, g.reshape(-1, g.shape[-1]))
             else:
                 gb = mm(a.swapaxes(-1, -2), g)
@@ -294,8 +297,10 @@ class Linear(Function):
         y = ctx.backend.matmul(x2, weight.T)  # (N, out)
         if bias is not None:
             y += bias
-        ctx.save_for_backward(x2, weight)
-        ctx.lead = x.shape[:-1]
+        need_x, need_w, _ = ctx.needs_input_grad
+        # a frozen weight (feature extraction, LoRA's base) needs no saved input
+        ctx.save_for_backward(x2 if need_w else None, weight if need_x else None)
+        ctx.lead, ctx.in_features = x.shape[:-1], x.shape[-1]
         return y.reshape(*ctx.lead, weight.shape[0])
 
     @staticmethod
@@ -304,7 +309,7 @@ class Linear(Function):
         g2 = g.reshape(-1, g.shape[-1])  # (N, out)
         need_x, need_w, need_b = ctx.needs_input_grad
         mm = ctx.backend.matmul
-        gx = mm(g2, weight).reshape(*ctx.lead, weight.shape[1]) if need_x else None
+        gx = mm(g2, weight).reshape(*ctx.lead, ctx.in_features) if need_x else None
         gw = mm(g2.T, x2) if need_w else None
         gb = g2.sum(axis=0) if need_b else None
         return gx, gw, gb
