@@ -37,7 +37,10 @@ class CupyBackend(SharedBackend):
     name = "cuda"
 
     def __init__(self) -> None:
+        from backends.kernels.loader import CudaKernels
+
         self.xp = _import_cupy()
+        self.kernels = CudaKernels(self.xp)
         self.rng = self.xp.random.RandomState(0)
 
     def seed(self, seed: int) -> None:

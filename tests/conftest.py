@@ -11,6 +11,8 @@ import pytest
 
 import minift as mf
 from backends import BackendUnavailable, get_backend
+from backends.kernels.emulator import compiler
+from backends.kernels.loader import EmulatedKernels
 
 
 def _cuda_available() -> bool:
@@ -42,6 +44,21 @@ def backend(request):
     """The backend under test; tensors made inside the test land on it."""
     with mf.use_backend(request.param) as be:
         yield be
+
+
+@pytest.fixture(
+    scope="session",
+    params=[
+        pytest.param("emulated", marks=pytest.mark.skipif(
+            compiler() is None, reason="the CUDA emulator needs g++")),
+        pytest.param("cuda", marks=pytest.mark.cuda),
+    ],
+)
+def kernels(request):
+    """Where the CUDA kernels run: the CPU emulator (always, where g++ exists) and the GPU."""
+    if request.param == "emulated":
+        return EmulatedKernels()
+    return get_backend("cuda").kernels
 
 
 @pytest.fixture
