@@ -3,9 +3,9 @@
 // The emulator (backends/kernels/emulator.py) compiles a kernel source with this header
 // forced in front of it and runs every CUDA thread of a block as one OS thread:
 //
-//   for each block (one at a time):           // blocks never share memory, so order is free
-//       start blockDim.x * y * z std::threads  // each sets its threadIdx, then runs the kernel
-//       join them
+//   start blockDim.x * y * z std::threads       // each sets its threadIdx once
+//   for each block (one at a time, all threads)  // blocks never share memory: order is free
+//       run the kernel; meet at a barrier
 //
 // * __shared__ becomes `static`: one copy per kernel for the whole process, which is exactly
 //   one copy per block because blocks run one after another.
@@ -83,35 +83,43 @@ T shuffle_from(T value, int lane_of_source, bool in_range) {
     return result;
 }
 
+inline void reset_barriers(unsigned threads) {
+    block_barrier = std::make_unique<std::barrier<>>(threads);
+    warp_barriers.clear();
+    for (unsigned first = 0; first < threads; first += warpSize)
+        warp_barriers.push_back(
+            std::make_unique<std::barrier<>>(std::min<unsigned>(warpSize, threads - first)));
+}
+
 // Run `body` once per thread of every block of `grid`; used by the generated launchers.
+// One OS thread per CUDA thread of a block, reused for every block: between two blocks all
+// threads meet, and thread 0 makes fresh barriers (a thread that returned early dropped out
+// of the old ones).
 template <typename Body>
 void launch(dim3 grid, dim3 block, Body body) {
     unsigned threads = block.x * block.y * block.z;
-    unsigned warps = (threads + warpSize - 1) / warpSize;
+    unsigned blocks = grid.x * grid.y * grid.z;
     gridDim = grid;
     blockDim = block;
     warp_slots.assign(threads, 0);
-    for (unsigned bz = 0; bz < grid.z; ++bz)
-        for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx) {
-                block_barrier = std::make_unique<std::barrier<>>(threads);
-                warp_barriers.clear();
-                for (unsigned w = 0; w < warps; ++w) {
-                    unsigned size = std::min<unsigned>(warpSize, threads - w * warpSize);
-                    warp_barriers.push_back(std::make_unique<std::barrier<>>(size));
-                }
-                std::vector<std::thread> pool;
-                pool.reserve(threads);
-                for (unsigned t = 0; t < threads; ++t)
-                    pool.emplace_back([&, t, bx, by, bz] {
-                        blockIdx = {bx, by, bz};
-                        threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-                        body();
-                        block_barrier->arrive_and_drop();
-                        warp_barriers[t / warpSize]->arrive_and_drop();
-                    });
-                for (auto& th : pool) th.join();
+    reset_barriers(threads);
+    std::barrier<> between_blocks(threads);
+    std::vector<std::thread> pool;
+    pool.reserve(threads);
+    for (unsigned t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            threadIdx = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+            for (unsigned b = 0; b < blocks; ++b) {
+                blockIdx = {b % grid.x, (b / grid.x) % grid.y, b / (grid.x * grid.y)};
+                body();
+                block_barrier->arrive_and_drop();
+                warp_barriers[t / warpSize]->arrive_and_drop();
+                between_blocks.arrive_and_wait();
+                if (t == 0) reset_barriers(threads);
+                between_blocks.arrive_and_wait();
             }
+        });
+    for (auto& th : pool) th.join();
 }
 
 }  // namespace emu
