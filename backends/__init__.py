@@ -8,6 +8,7 @@ against this protocol; ``backends`` never imports ``minift``.
     get_backend("numpy")   # default, always there
     get_backend("cuda")    # CuPy, imported on first use; a clear error without CuPy or a GPU
     get_backend("meta")    # shapes and dtypes only: build huge models to count them
+    get_backend("cuda-emulator")  # NumPy, hot ops through the CUDA kernels run on the CPU
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Backend(Protocol):
     def generator(self, seed: int) -> Any: ...
     def matmul(self, a: Any, b: Any) -> Any: ...
 
+    kernels: Any  # a CUDA kernel set (backends/kernels/loader.py), or None: ops use xp
+
 
 class SharedBackend:
     """Base of the backend classes: one instance per process, kept by copies and pickles.
@@ -61,6 +64,7 @@ _REGISTRY = {
     "cpu": "backends.numpy_backend:NumpyBackend",
     "cuda": "backends.cupy_backend:CupyBackend",
     "meta": "backends.meta_backend:MetaBackend",
+    "cuda-emulator": "backends.emulated_backend:EmulatedCudaBackend",
 }
 _INSTANCES: dict[str, Backend] = {}
 

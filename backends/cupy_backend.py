@@ -2,8 +2,8 @@
 
 CuPy is imported when this backend is first asked for, never before, so that minift installs
 and runs without it. Any CuPy 12+ works (``pip install "minift[cuda]"`` pins cupy-cuda12x;
-CUDA 13 machines use cupy-cuda13x). Hot operations go through methods here so that hand-written
-kernels can replace the library calls; ``MINIFT_CUDA_MATMUL=cublas`` keeps the library path.
+CUDA 13 machines use cupy-cuda13x). The hot operations run on the kernels in backends/kernels
+(see kernel_ops.py); ``MINIFT_CUDA_MATMUL=cublas`` sends products to cuBLAS instead.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from backends import BackendUnavailable, SharedBackend
+from backends.kernel_ops import KernelHotOps
+from backends.numpy_backend import NumpyBackend
 
 
 def _import_cupy():
@@ -33,7 +35,15 @@ def _import_cupy():
     return cupy
 
 
-class CupyBackend(SharedBackend):
+class CupyBackend(KernelHotOps, SharedBackend):
+    """CuPy arrays; float32 products and NF4 dequantization on minift's kernels.
+
+    Random draws are made on the host by the same PCG64 generator as the NumPy backend and
+    then copied to the device, so that one seed gives the same weights, dropout masks and
+    batches on both backends (a loss curve on the GPU can be compared with the CPU's). The
+    price is one host-to-device copy per draw, which only initialisation and dropout pay.
+    """
+
     name = "cuda"
 
     def __init__(self) -> None:
@@ -41,13 +51,13 @@ class CupyBackend(SharedBackend):
 
         self.xp = _import_cupy()
         self.kernels = CudaKernels(self.xp)
-        self.rng = self.xp.random.RandomState(0)
+        self.host = NumpyBackend()
 
     def seed(self, seed: int) -> None:
-        self.rng = self.xp.random.RandomState(seed)
+        self.host.seed(seed)
 
     def generator(self, seed: int):
-        return self.xp.random.RandomState(seed)
+        return self.host.generator(seed)
 
     def asarray(self, data: Any, dtype: Any = None):
         return self.xp.asarray(data, dtype=dtype)
@@ -71,25 +81,13 @@ class CupyBackend(SharedBackend):
         return self.xp.full(shape, value, dtype=dtype)
 
     def normal(self, shape, mean=0.0, std=1.0, dtype="float32"):
-        return self.rng.normal(mean, std, size=shape).astype(dtype, copy=False)
+        return self.xp.asarray(self.host.normal(shape, mean, std, dtype))
 
     def uniform(self, shape, low=0.0, high=1.0, dtype="float32"):
-        return self.rng.uniform(low, high, size=shape).astype(dtype, copy=False)
+        return self.xp.asarray(self.host.uniform(shape, low, high, dtype))
 
     def bernoulli(self, shape, p, generator=None):
-        return (generator or self.rng).random_sample(size=shape) < p
+        return self.xp.asarray(self.host.bernoulli(shape, p, generator))
 
     def integers(self, shape, low, high):
-        return self.rng.randint(low, high, size=shape)
-
-    def matmul(self, a, b):
-        return self.xp.matmul(a, b)
-
-    def nf4_dequantize(self, packed, absmax, code, blocksize, shape):
-        """W = code[i] * absmax[block]: the NumPy backend's reference, run on CuPy arrays.
-
-        It is written with ``self.xp``; a fused kernel (unpack, look up, scale) can replace it.
-        """
-        from backends.numpy_backend import NumpyBackend
-
-        return NumpyBackend.nf4_dequantize(self, packed, absmax, code, blocksize, shape)
+        return self.xp.asarray(self.host.integers(shape, low, high))

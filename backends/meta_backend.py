@@ -164,6 +164,7 @@ class _MetaNamespace:
 class MetaBackend(SharedBackend):
     name = "meta"
     xp = _MetaNamespace()
+    kernels = None
 
     def seed(self, seed: int) -> None:
         """Meta arrays hold no values, so there is nothing to seed."""

@@ -16,6 +16,7 @@ from backends import SharedBackend
 class NumpyBackend(SharedBackend):
     name = "numpy"
     xp = np
+    kernels = None  # no CUDA kernels: every op is plain NumPy
 
     def __init__(self) -> None:
         self.rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ console = Console()
 
 def common_options(fn):
     fn = click.option("--seed", default=0, show_default=True, help="Random seed (bit-exact on numpy).")(fn)
-    fn = click.option("--backend", type=click.Choice(["numpy", "cuda"]), default="numpy",
+    fn = click.option("--backend", type=click.Choice(["numpy", "cuda", "cuda-emulator"]), default="numpy",
                       show_default=True, help="Array backend to run on.")(fn)
     return fn
 

@@ -136,7 +136,7 @@ class EmulatedModule:
         with tempfile.TemporaryDirectory() as tmp:
             cpp, built = Path(tmp) / f"{self.path.stem}.cpp", Path(tmp) / "kernel.so"
             cpp.write_text(program)
-            command = [cxx, *FLAGS, "-I", str(self.path.parent), "-o", str(built), str(cpp)]
+            command = [cxx, *FLAGS, "-I", str(self.path.parent), "-I", str(KERNEL_DIR), "-o", str(built), str(cpp)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise EmulatorError(f"g++ could not compile {self.path}:\n{result.stderr[-4000:]}")
