@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from minift.autograd import Function
+from minift.functional.cuda_ops import SoftmaxKernel, kernels_for
 from minift.tensor import Tensor
 
 _SQRT_HALF = math.sqrt(0.5)
@@ -279,7 +280,10 @@ def silu(x: Tensor) -> Tensor:
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return Softmax.apply(x, axis=_check_axis(x, axis, "softmax"))
+    axis = _check_axis(x, axis, "softmax")
+    if axis in (-1, x.ndim - 1) and kernels_for(x.backend, x.data) is not None:
+        return SoftmaxKernel.apply(x)
+    return Softmax.apply(x, axis=axis)
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:

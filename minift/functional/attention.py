@@ -11,6 +11,7 @@ give zeros, not NaN (PyTorch's safe softmax does the same).
 from __future__ import annotations
 
 from minift.autograd import Function
+from minift.functional.cuda_ops import kernels_for
 from minift.tensor import Tensor
 
 
@@ -48,9 +49,16 @@ class ScaledDotProductAttention(Function):
         if attn_mask is not None:
             # masks keep their broadcastable shape: the in-place add allocates nothing big
             s += attn_mask if attn_mask.dtype.kind == "f" else xp.where(attn_mask, 0, -xp.inf)
-        if is_causal:
-            s += _causal_bias(xp, s.shape[-2], s.shape[-1], s.dtype)
-        p = _safe_softmax_(xp, s)
+        ks = kernels_for(ctx.backend, s) if attn_mask is None else None
+        if ks is not None:  # one fused kernel: scale is applied, the causal mask is implicit
+            from backends.kernels import rowwise
+
+            p = rowwise.softmax(ks, s, causal=is_causal)
+        else:
+            if is_causal:
+                s += _causal_bias(xp, s.shape[-2], s.shape[-1], s.dtype)
+            p = _safe_softmax_(xp, s)
+        ctx.kernels = ks
         ctx.scale = scale
         ctx.save_for_backward(q, k, v, p)
         return mm(p, v)  # (..., Lq, dv)
@@ -65,8 +73,13 @@ class ScaledDotProductAttention(Function):
             gv = mm(p.swapaxes(-1, -2), g)
         if need_q or need_k or need_mask:
             gs = mm(g, v.swapaxes(-1, -2))  # dP, a fresh array: turned into dS in place
-            gs -= (gs * p).sum(axis=-1, keepdims=True)
-            gs *= p
+            if ctx.kernels is not None:
+                from backends.kernels import rowwise
+
+                gs = rowwise.softmax_backward(ctx.kernels, p, gs)
+            else:
+                gs -= (gs * p).sum(axis=-1, keepdims=True)
+                gs *= p
             if need_q:
                 gq = mm(gs, k)
                 gq *= ctx.scale

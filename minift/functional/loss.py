@@ -196,7 +196,10 @@ def cross_entropy(
             "without its last (class) axis"
         )
     _check_targets(t, logits.shape[-1], ignore_index)
-    return CrossEntropy.apply(
+    from minift.functional.cuda_ops import CrossEntropyKernel, kernels_for
+
+    fused = CrossEntropyKernel if kernels_for(logits.backend, logits.data) else CrossEntropy
+    return fused.apply(
         logits,
         t,
         ignore_index=ignore_index,

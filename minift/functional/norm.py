@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from minift.autograd import Function
+from minift.functional.cuda_ops import LayerNormKernel, RMSNormKernel, kernels_for
 from minift.tensor import Tensor
 
 
@@ -199,6 +200,8 @@ def layer_norm(
     shape, axes = _normalized_axes(x, normalized_shape, "layer_norm")
     _check_affine(weight, shape, "weight", "layer_norm")
     _check_affine(bias, shape, "bias", "layer_norm")
+    if axes == (x.ndim - 1,) and kernels_for(x.backend, x.data, _buffer(weight), _buffer(bias)) is not None:
+        return LayerNormKernel.apply(x, weight, bias, eps=eps)
     return LayerNorm.apply(x, weight, bias, axes=axes, eps=eps)
 
 
@@ -216,6 +219,8 @@ def rms_norm(
     """
     shape, axes = _normalized_axes(x, normalized_shape, "rms_norm")
     _check_affine(weight, shape, "weight", "rms_norm")
+    if axes == (x.ndim - 1,) and kernels_for(x.backend, x.data, _buffer(weight)) is not None:
+        return RMSNormKernel.apply(x, weight, eps=eps)
     return RMSNorm.apply(x, weight, axes=axes, eps=eps)
 
 

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from minift import functional as F
 from minift import nn
+from minift.functional.cuda_ops import LoraLinearKernel, kernels_for
 from minift.nn.module import new_parameter
 from minift.peft.base import AdapterLayer, ModulesToSave, PeftConfig
 from minift.peft.files import register
@@ -173,8 +174,27 @@ class LoraLinear(LoraLayer):
             return (m / self._weight_norm(w))[:, None] * w - self.base_layer.weight.data
         return delta
 
+    def _fused_forward(self, x: Tensor, name: str) -> Tensor | None:
+        """x W^T + b + s (x A^T) B^T as one kernel op, where the backend has CUDA kernels.
+
+        Only plain LoRA on a float Linear with no active dropout qualifies (DoRA, 4-bit bases
+        and dropout keep the composed path); None means "compose".
+        """
+        base = self.base_layer
+        if type(base) is not nn.Linear or (self.training and self.dropout_p[name] > 0):
+            return None
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        bias = base.bias.data if base.bias is not None else None
+        if kernels_for(x.backend, x.data, base.weight.data, bias, a.data, b.data) is None:
+            return None
+        return LoraLinearKernel.apply(x, base.weight, base.bias, a, b, scale=self.scale[name])
+
     def adapted_forward(self, x: Tensor, name: str) -> Tensor:
         base = self.base_layer
+        if name not in self.lora_magnitude_vector:
+            fused = self._fused_forward(x, name)
+            if fused is not None:
+                return fused
         h, out = self._dropout(x, name), base(x)
         lora = self.lora_B[name](self.lora_A[name](h))
         if name not in self.lora_magnitude_vector:

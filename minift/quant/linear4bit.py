@@ -21,6 +21,7 @@ import numpy as np
 from backends import get_backend
 from minift import nn
 from minift.autograd import Function
+from minift.functional.cuda_ops import kernels_for
 from minift.nn.module import Parameter
 from minift.quant.blockwise import (
     DQ_BLOCKSIZE,
@@ -51,10 +52,17 @@ class Linear4bitFunction(Function):
 
     @staticmethod
     def forward(ctx, x, bias, packed, absmax, table, blocksize, shape):
-        weight = ctx.backend.nf4_dequantize(packed, absmax, table, blocksize, shape)
-        weight = weight.astype(x.dtype, copy=False)  # the compute dtype is the input's
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
-        y = ctx.backend.matmul(x2, weight.T)  # (N, out)
+        ks = kernels_for(ctx.backend, x2, absmax)
+        if ks is not None:  # one kernel: the 4-bit codes are read once, W is never stored
+            from backends.kernels import nf4
+
+            code = ks.xp.asarray(table, dtype=ks.xp.float32)
+            y = nf4.matmul(ks, ks.xp.ascontiguousarray(x2), packed, absmax, code, blocksize, *shape)
+        else:
+            weight = ctx.backend.nf4_dequantize(packed, absmax, table, blocksize, shape)
+            weight = weight.astype(x.dtype, copy=False)  # the compute dtype is the input's
+            y = ctx.backend.matmul(x2, weight.T)  # (N, out)
         if bias is not None:
             y += bias
         if ctx.needs_input_grad[0]:
