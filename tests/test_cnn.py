@@ -2,35 +2,14 @@
 float64 gradient checks, ResNet shapes and naming (resnet18 counted on the meta backend),
 replace_head, and a few training steps that must lower the loss."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
+from models_fixture import FIXTURE, draw, f64, randn
 
 import minift as mf
 from minift import functional as F
 from minift import nn, optim
 from minift.models.cnn import BasicBlock, ResNet
-
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "torch_models.json").read_text())
-
-
-def draw(rng, key, shape):
-    """The rule of tests/fixtures/make_torch_models.py: same seed, same numbers."""
-    if key.endswith("running_var"):
-        return rng.uniform(0.5, 1.5, shape)
-    if key.endswith("weight") and len(shape) == 1:
-        return 1.0 + 0.2 * rng.standard_normal(shape)
-    return 0.5 * rng.standard_normal(shape)
-
-
-def _f64(module):
-    return module.to(dtype="float64")
-
-
-def _randn(*shape, seed=0):
-    return mf.tensor(np.random.default_rng(seed).standard_normal(shape), requires_grad=True)
 
 
 # --- PyTorch 2.13 reference (tests/fixtures/make_torch_models.py) --------------------------------
@@ -38,7 +17,7 @@ def test_basic_block_matches_pytorch_in_eval_and_train_mode():
     case = FIXTURE["basic_block"]
     assert FIXTURE["provenance"]["library"].startswith("torch 2.13.0")
     rng = np.random.default_rng(FIXTURE["provenance"]["seeds"]["basic_block"])
-    block = _f64(BasicBlock(3, 4, stride=2))
+    block = f64(BasicBlock(3, 4, stride=2))
     floats = [[k, list(v.shape)] for k, v in block.state_dict().items() if v.dtype.kind == "f"]
     assert floats == case["keys"]  # torchvision's names, in torchvision's order
     block.load_state_dict({k: draw(rng, k, tuple(s)) for k, s in case["keys"]}, strict=False)
@@ -64,14 +43,14 @@ def _check(module, *inputs):
 
 @pytest.mark.parametrize("in_channels,out_channels,stride", [(2, 3, 2), (3, 3, 1)])
 def test_gradcheck_basic_block_train_mode(in_channels, out_channels, stride):
-    block = _f64(BasicBlock(in_channels, out_channels, stride)).train()
+    block = f64(BasicBlock(in_channels, out_channels, stride)).train()
     assert (block.downsample is None) == (stride == 1 and in_channels == out_channels)
-    _check(block, _randn(2, in_channels, 4, 4))
+    _check(block, randn(2, in_channels, 4, 4))
 
 
 def test_gradcheck_resnet_head():
-    model = _f64(ResNet((1, 1), (2, 3), num_classes=2, in_channels=1))
-    _check(model, _randn(3, 1, 4, 4))
+    model = f64(ResNet((1, 1), (2, 3), num_classes=2, in_channels=1))
+    _check(model, randn(3, 1, 4, 4))
 
 
 # --- shapes, names and the head ---------------------------------------------------------------
@@ -108,7 +87,7 @@ def test_imagenet_stem_quarters_the_resolution_before_the_stages():
 
 
 def test_replace_head_keeps_the_backbone_and_swaps_fc():
-    model = _f64(ResNet((1, 1), (4, 8), num_classes=10)).eval()
+    model = f64(ResNet((1, 1), (4, 8), num_classes=10)).eval()
     x = mf.tensor(np.random.default_rng(1).standard_normal((2, 3, 8, 8)))
     before = model.features(x).numpy()
     backbone = {n: p for n, p in model.named_parameters() if not n.startswith("fc.")}

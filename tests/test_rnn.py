@@ -2,35 +2,14 @@
 checks of the layers and heads, padding and state carry-over, encoder transfer from the
 language model to the classifier, training steps, and meta-backend counts."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
+from models_fixture import FIXTURE, draw, f64, randn
 
 import minift as mf
 from minift import functional as F
 from minift import optim
 from minift.models.rnn import GRU, LSTM, RNNClassifier, RNNLanguageModel
-
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "torch_models.json").read_text())
-
-
-def draw(rng, key, shape):
-    """The rule of tests/fixtures/make_torch_models.py: same seed, same numbers."""
-    if key.endswith("running_var"):
-        return rng.uniform(0.5, 1.5, shape)
-    if key.endswith("weight") and len(shape) == 1:
-        return 1.0 + 0.2 * rng.standard_normal(shape)
-    return 0.5 * rng.standard_normal(shape)
-
-
-def _f64(module):
-    return module.to(dtype="float64")
-
-
-def _randn(*shape, seed=0):
-    return mf.tensor(np.random.default_rng(seed).standard_normal(shape), requires_grad=True)
 
 
 # --- PyTorch 2.13 reference (tests/fixtures/make_torch_models.py) --------------------------------
@@ -38,7 +17,7 @@ def _randn(*shape, seed=0):
 def test_matches_pytorch_outputs_final_states_and_gradients(name, cls):
     case = FIXTURE[name]
     rng = np.random.default_rng(FIXTURE["provenance"]["seeds"][name])
-    layer = _f64(cls(3, 4, num_layers=2))
+    layer = f64(cls(3, 4, num_layers=2))
     assert [[k, list(v.shape)] for k, v in layer.state_dict().items()] == case["keys"]
     layer.load_state_dict({k: draw(rng, k, tuple(s)) for k, s in case["keys"]})
     x = mf.tensor(rng.standard_normal((2, 5, 3)), requires_grad=True)
@@ -58,17 +37,17 @@ def test_matches_pytorch_outputs_final_states_and_gradients(name, cls):
 
 # --- gradient checks (float64) ------------------------------------------------------------------
 def test_gradcheck_gru_two_layers_with_initial_state():
-    layer = _f64(GRU(2, 3, num_layers=2))
+    layer = f64(GRU(2, 3, num_layers=2))
     params = list(layer.parameters())
-    x, h0 = _randn(2, 3, 2), _randn(2, 2, 3, seed=1)
+    x, h0 = randn(2, 3, 2), randn(2, 2, 3, seed=1)
     assert mf.gradcheck(lambda x, h, *p: layer(x, h)[0], [x, h0, *params])
     assert mf.gradcheck(lambda x, h, *p: layer(x, h)[1], [x, h0, *params])
 
 
 def test_gradcheck_lstm_two_layers_through_both_states():
-    layer = _f64(LSTM(2, 3, num_layers=2))
+    layer = f64(LSTM(2, 3, num_layers=2))
     params = list(layer.parameters())
-    x, h0, c0 = _randn(2, 3, 2), _randn(2, 2, 3, seed=1), _randn(2, 2, 3, seed=2)
+    x, h0, c0 = randn(2, 3, 2), randn(2, 2, 3, seed=1), randn(2, 2, 3, seed=2)
 
     def everything(x, h, c, *params):  # outputs, h_n and c_n in one tensor: every path is checked
         out, (hn, cn) = layer(x, (h, c))
@@ -79,14 +58,14 @@ def test_gradcheck_lstm_two_layers_through_both_states():
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_gradcheck_language_model(cell):
-    model = _f64(RNNLanguageModel(6, 3, 4, cell=cell))
+    model = f64(RNNLanguageModel(6, 3, 4, cell=cell))
     ids = np.array([[0, 3, 5], [5, 1, 2]])
     assert mf.gradcheck(lambda *p: model(ids), list(model.parameters()), max_entries=64)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_gradcheck_classifier_with_lengths(cell):
-    model = _f64(RNNClassifier(6, 3, 4, num_classes=2, cell=cell, padding_idx=0))
+    model = f64(RNNClassifier(6, 3, 4, num_classes=2, cell=cell, padding_idx=0))
     ids = np.array([[4, 3, 5, 0], [5, 1, 0, 0]])
     # the pads come after each last real token, so even their embedding row has no effect
     params = list(model.parameters())
@@ -95,7 +74,7 @@ def test_gradcheck_classifier_with_lengths(cell):
 
 # --- semantics ----------------------------------------------------------------------------------
 def test_gru_single_step_by_hand():
-    layer = _f64(GRU(2, 2))
+    layer = f64(GRU(2, 2))
     x = np.random.default_rng(5).standard_normal((1, 1, 2))
     h = np.random.default_rng(6).standard_normal((1, 1, 2))
     w = {k: v.numpy() for k, v in layer.state_dict().items()}
@@ -115,7 +94,7 @@ def test_gru_single_step_by_hand():
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_state_carries_over_between_calls(cell):
-    model = _f64(RNNLanguageModel(7, 3, 5, cell=cell, num_layers=2))
+    model = f64(RNNLanguageModel(7, 3, 5, cell=cell, num_layers=2))
     ids = np.random.default_rng(0).integers(0, 7, (2, 6))
     whole = model(ids).numpy()
     first, state = model(ids[:, :4], return_state=True)
@@ -125,7 +104,7 @@ def test_state_carries_over_between_calls(cell):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_classifier_reads_the_last_real_token(cell):
-    model = _f64(RNNClassifier(8, 3, 4, num_classes=3, cell=cell, padding_idx=0))
+    model = f64(RNNClassifier(8, 3, 4, num_classes=3, cell=cell, padding_idx=0))
     padded = np.array([[5, 2, 7, 0, 0], [1, 2, 3, 4, 6]])
     by_lengths = model(padded, lengths=np.array([3, 5])).numpy()
     by_mask = model(padded, attention_mask=(padded != 0).astype(np.int64)).numpy()
