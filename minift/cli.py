@@ -173,18 +173,45 @@ def bench_ops(backend: str, seed: int, repeat: int) -> None:
 
 @bench.command("train")
 @common_options
-@click.option("--config", "config_names", multiple=True, default=("bench-s", "bench-m"),
-              show_default=True, help="Named GPT configs to time (repeatable).")
+@click.option("--config", "config_names", multiple=True,
+              help="Named GPT configs to time (repeatable). Default: bench-s and bench-m, "
+              "and bench-l on cuda.")
 @click.option("--repeat", default=5, show_default=True, help="Timed steps (best is kept).")
 @click.option("--torch/--no-torch", "with_torch", default=True, show_default=True,
               help="Also time the same model in PyTorch, if it is importable.")
-def bench_train(backend: str, seed: int, config_names: tuple, repeat: int, with_torch: bool) -> None:
-    """GPT forward + backward + AdamW step: ms/step, tokens/s, GFLOP/s, peak memory, vs PyTorch."""
+@click.option("--numpy/--no-numpy", "with_numpy", default=None,
+              help="On a kernel backend, also time each config on NumPy. Default: every "
+              "config but bench-l, whose NumPy step takes minutes.")
+def bench_train(backend: str, seed: int, config_names: tuple, repeat: int, with_torch: bool,
+                with_numpy) -> None:
+    """GPT forward + backward + AdamW step: ms/step, tokens/s, GFLOP/s, peak memory, vs PyTorch.
+
+    On cuda (and cuda-emulator) also with MINIFT_CUDA_MATMUL=cublas and against NumPy.
+    """
     from minift.bench.train import run_train_benchmarks
 
     be = select_backend(backend, seed)
     started = time.perf_counter()
-    console.print(run_train_benchmarks(be, repeat, config_names, with_torch))
+    console.print(run_train_benchmarks(be, repeat, config_names, with_torch, with_numpy))
+    console.print(f"({time.perf_counter() - started:.1f} s)")
+
+
+@bench.command("kernels")
+@click.option("--backend", type=click.Choice(["cuda", "cuda-emulator"]), default="cuda",
+              show_default=True, help="Where the kernels run (the emulator: use --tiny).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random operands.")
+@click.option("--repeat", default=10, show_default=True, help="Timed runs (best is kept).")
+@click.option("--tiny", is_flag=True, help="Small sizes, for the CPU emulator and tests.")
+@click.option("--only", multiple=True, type=click.Choice(["matmul", "nf4", "fused"]),
+              help="Print only these tables (repeatable).")
+def bench_kernels(backend: str, seed: int, repeat: int, tiny: bool, only: tuple) -> None:
+    """minift's CUDA kernels against the library: SGEMM vs cuBLAS, NF4 GEMV, fused ops."""
+    from minift.bench.kernels import run_kernel_benchmarks
+
+    be = select_backend(backend, seed)
+    started = time.perf_counter()
+    for table in run_kernel_benchmarks(be.kernels, tiny, repeat, seed, only):
+        console.print(table)
     console.print(f"({time.perf_counter() - started:.1f} s)")
 
 

@@ -1,7 +1,8 @@
 """The benchmark's PyTorch twin of a GPT-2-shaped minift GPT, with the same weights.
 
 Imported by ``minift bench train`` only; if PyTorch is not importable, ``torch_step_fn``
-returns None and the benchmark prints minift alone. PyTorch is never a dependency.
+returns None and the benchmark prints minift alone. PyTorch is never a dependency. On the
+``cuda`` backend the twin runs on the GPU, in float32 (TF32 off), as minift does.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def torch_step_fn(model, ids: np.ndarray, backend_name: str) -> TorchStep | None
     if torch is None or not gpt2_shaped:
         return None
     device = "cuda" if backend_name == "cuda" else "cpu"
+    # full float32 products: a GPU may otherwise run them in TF32, which minift never does
+    torch.set_float32_matmul_precision("highest")
     twin = _build_module(torch, c)
     _copy_weights(torch, twin, model)
     twin = twin.to(device)
