@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
+from backends import BackendUnavailable, get_backend
 from backends.kernels.emulator import compiler
 from minift import cli
 from minift.bench.kernels import GPU_SIZES, TINY_SIZES, Product, step_products
@@ -134,3 +135,12 @@ def test_gpu_sizes_print_every_table(monkeypatch):
     output = _bench(monkeypatch, "--backend", "cuda", "--repeat", "3")
     _check_tables(output, GPU_SIZES, "cuda")
     assert ">= 80%:" in output  # the goal is read at 4096
+
+
+def test_without_a_gpu_the_cuda_run_says_why():
+    try:
+        get_backend("cuda")
+        pytest.skip("a GPU is here: the cuda run is the test above")
+    except BackendUnavailable as reason:
+        result = CliRunner().invoke(cli.main, ["bench", "kernels", "--tiny"])
+        assert result.exit_code == 1 and str(reason)[:40] in result.output

@@ -2,15 +2,15 @@
 
 Three tables; every row names the device it ran on.
 
-- matmul: GFLOP/s (2 M N K / time) of the SGEMM RawKernel (backends/kernels/gemm.cu) against
+- matmul: GFLOP/s (2 M N K / time) of the SGEMM RawKernel (backends/kernels/sgemm.cu) against
   the library's matmul (cuBLAS through ``cupy.matmul`` on a GPU) at square sizes, and at the
   products of one training step of bench-l: forward y = x W^T (NT), backward dx = dy W (NN)
   and dW = dy^T x (TN), and attention's batched products. Goal: >= 80% of cuBLAS at 4096.
 - NF4 GEMV at batch 1: the fused dequantize-GEMV (nf4.cu) against dequantizing W to float32
   and then the library's matmul. Its bandwidth is the bytes it must read (packed codes, block
-  scales, x) and write (y) over its time, against a device-to-device copy (2 x bytes / time,
-  read and write), the most a memory-bound kernel can hope for. Goals: >= 4x faster (at the
-  very least 2x) and >= 60% of the copy's bandwidth.
+  scales, code table, x) and write (y) over its time, against a device-to-device copy
+  (2 x bytes / time: read and write), the most a memory-bound kernel can hope for. Goals:
+  >= 4x faster (at the very least 2x) and >= 60% of the copy's bandwidth.
 - fused against composed: LoRA linear, cross-entropy, causal softmax and layer norm, each one
   kernel against the same math as a chain of library calls.
 
