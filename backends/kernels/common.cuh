@@ -1,4 +1,5 @@
-// Reductions shared by the row-wise kernels (softmax, cross-entropy, norms) and the NF4 GEMV.
+// Reductions shared by the row-wise kernels (softmax, cross-entropy, norms) and the NF4 GEMV,
+// and the online softmax normaliser of softmax.cu and cross_entropy.cu.
 //
 // A warp reduces its 32 values with butterfly shuffles (5 steps, no shared memory); a block
 // reduces each warp first and then the (at most 32) warp results in warp 0. Every lane of
@@ -39,4 +40,15 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     __syncthreads();
     v = lane < warps ? scratch[lane] : NEG_INF;
     return warp_max(v);
+}
+
+// The online softmax normaliser (Milakov & Gimelshein 2018): adds x to a running max m and
+// sum d = sum exp(. - m) in one pass; -inf entries (masked keys) add nothing.
+__device__ __forceinline__ void online_add(float x, float& m, float& d) {
+    if (x > m) {
+        d = d * expf(m - x) + 1.0f;  // the old terms, rescaled to the new max, plus exp(0)
+        m = x;
+    } else if (x != NEG_INF) {  // m may still be -inf here: exp(-inf - -inf) would be NaN
+        d += expf(x - m);
+    }
 }

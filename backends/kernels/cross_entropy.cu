@@ -21,16 +21,6 @@
 // softmax, and never reads the logits of an ignored row.
 #include "common.cuh"
 
-// Adds x to a running max m and sum d = sum exp(. - m); -inf entries add nothing.
-__device__ __forceinline__ void online_add(float x, float& m, float& d) {
-    if (x > m) {
-        d = d * expf(m - x) + 1.0f;  // the old terms, rescaled to the new max, plus exp(0)
-        m = x;
-    } else if (x != NEG_INF) {  // m may still be -inf here: exp(-inf - -inf) would be NaN
-        d += expf(x - m);
-    }
-}
-
 // gridDim.x = rows; writes loss[row] and lse[row].
 extern "C" __global__ void cross_entropy_forward(const float* __restrict__ logits,
                                                  const long long* __restrict__ target,

@@ -34,16 +34,6 @@ __device__ __forceinline__ int visible_keys(long long row, int tq, int tk, int c
     return max(0, min(tk, query + 1 + tk - tq));
 }
 
-// Adds x to a running max m and sum d = sum exp(. - m); -inf entries (masks) add nothing.
-__device__ __forceinline__ void online_add(float x, float& m, float& d) {
-    if (x > m) {
-        d = d * expf(m - x) + 1.0f;  // the old terms, rescaled to the new max, plus exp(0)
-        m = x;
-    } else if (x != NEG_INF) {  // m may still be -inf here: exp(-inf - -inf) would be NaN
-        d += expf(x - m);
-    }
-}
-
 template <int PER_LANE>
 __device__ void softmax_forward_warp(const float* __restrict__ x, float* __restrict__ y, int tq,
                                      int tk, int causal, int rows) {
