@@ -1,7 +1,8 @@
 """Shared fixtures: the backend is a parameter, never a copied test file.
 
-``MINIFT_TEST_BACKEND=cuda pytest`` runs the backend-parametrised tests on the GPU too; tests
-marked ``cuda`` are skipped where CuPy or a GPU is missing.
+``MINIFT_TEST_BACKEND=cuda pytest`` runs the backend-parametrised tests on the GPU too (and
+``MINIFT_TEST_BACKEND=cuda-emulator`` on the CUDA kernels in the CPU emulator); tests marked
+``cuda`` are skipped where CuPy or a GPU is missing.
 """
 
 import os
@@ -25,8 +26,11 @@ def _cuda_available() -> bool:
 
 def _backend_params():
     names = ["numpy"]
-    if os.environ.get("MINIFT_TEST_BACKEND", "numpy") == "cuda" or _cuda_available():
+    wanted = os.environ.get("MINIFT_TEST_BACKEND", "numpy")
+    if wanted == "cuda" or _cuda_available():
         names.append(pytest.param("cuda", marks=pytest.mark.cuda))
+    if wanted == "cuda-emulator":  # the kernels on the CPU: slow, for checking without a GPU
+        names.append("cuda-emulator")
     return names
 
 
