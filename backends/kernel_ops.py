@@ -42,5 +42,7 @@ class KernelHotOps:
         """W = code[i] * absmax[block], one fused kernel (see backends/kernels/nf4.cu)."""
         from backends.kernels import nf4
 
+        if isinstance(code, str):
+            raise TypeError(f"nf4_dequantize takes the 16 code values, not the name {code!r}")
         code = self.xp.asarray(code, dtype=self.xp.float32)
         return nf4.dequantize(self.kernels, packed, absmax, code, blocksize, shape)
