@@ -97,9 +97,15 @@ def _verdict(ks, met: bool) -> str:
     return ("met" if met else "missed") if _on_gpu(ks) else "GPU only"
 
 
-def _title(ks, what: str, repeat: int) -> str:
+def _new_table(ks, what: str, repeat: int, caption: str, columns: str, left: int) -> Table:
+    """A table titled ``what`` with the ``|``-separated columns, the first ``left`` of them text."""
     title = f"{what} (float32, best of {repeat})"
-    return title if _on_gpu(ks) else f"{title} - CPU emulator times, not a GPU's"
+    if not _on_gpu(ks):
+        title += " - CPU emulator times, not a GPU's"
+    table = Table(title=title, caption=caption)
+    for i, column in enumerate(columns.split("|")):
+        table.add_column(column, justify="left" if i < left else "right")
+    return table
 
 
 # --- matmul -----------------------------------------------------------------------------------
@@ -170,25 +176,17 @@ def _time_product(ks, rng, p: Product, repeat: int) -> tuple[float, float]:
 
 
 def matmul_table(ks, sizes: Sizes, repeat: int, seed: int = 0) -> Table:
+    """Kernel SGEMM against the library's matmul, square and at a training step's shapes."""
     rng, device, lib = np.random.default_rng(seed), device_name(ks), _library(ks)
     squares = [Product(f"square {n}", n, n, n) for n in sizes.squares]
-    table = Table(
-        title=_title(ks, f"SGEMM RawKernel vs {lib} matmul", repeat),
-        caption=f"Goal: >= {MATMUL_GOAL:.0%} of cuBLAS at {MATMUL_GOAL_SIZE}^3. "
-        f"Products of a {sizes.model} step at batch {sizes.batch} below the squares.",
+    caption = (
+        f"Goal: >= {MATMUL_GOAL:.0%} of cuBLAS at {MATMUL_GOAL_SIZE}^3. "
+        f"Products of a {sizes.model} step at batch {sizes.batch} below the squares."
     )
-    for column in (
-        "device",
-        "product",
-        "layout",
-        "batch x M x N x K",
-        "kernel ms",
-        "kernel GFLOP/s",
-        f"{lib} GFLOP/s",
-        f"% of {lib}",
-        "goal",
-    ):
-        table.add_column(column, justify="left" if column in ("device", "product") else "right")
+    columns = f"device|product|layout|batch x M x N x K|kernel ms|kernel GFLOP/s|{lib} GFLOP/s"
+    table = _new_table(
+        ks, f"SGEMM RawKernel vs {lib} matmul", repeat, caption, f"{columns}|% of {lib}|goal", 2
+    )
     for p in squares + step_products(sizes.model, sizes.batch):
         ours, theirs = _time_product(ks, rng, p, repeat)
         fraction = theirs / ours
@@ -247,32 +245,18 @@ def _time_gemv(ks, rng, out_features: int, in_features: int, repeat: int) -> dic
 
 
 def nf4_table(ks, sizes: Sizes, repeat: int, seed: int = 0) -> Table:
+    """Fused NF4 GEMV against dequantize + matmul, and its bandwidth against a device copy."""
     rng, device, lib = np.random.default_rng(seed), device_name(ks), _library(ks)
     copy_gbs = copy_bandwidth(ks, sizes.copy_floats, repeat)
-    table = Table(
-        title=_title(
-            ks,
-            f"NF4 GEMV, batch 1, block {NF4_BLOCKSIZE}: fused vs dequantize + {lib} matmul",
-            repeat,
-        ),
-        caption=f"Goals: >= {GEMV_SPEEDUP_GOAL:.0f}x faster (at least "
-        f"{GEMV_SPEEDUP_FLOOR:.0f}x) and >= {GEMV_BANDWIDTH_GOAL:.0%} of the copy's "
-        f"bandwidth. Bytes: packed codes + absmax + x read, y written. Copy: "
-        f"{4 * sizes.copy_floats / 2**20:,.0f} MB, device to device.",
+    what = f"NF4 GEMV, batch 1, block {NF4_BLOCKSIZE}: fused vs dequantize + {lib} matmul"
+    caption = (
+        f"Goals: >= {GEMV_SPEEDUP_GOAL:.0f}x faster (at least {GEMV_SPEEDUP_FLOOR:.0f}x) and "
+        f">= {GEMV_BANDWIDTH_GOAL:.0%} of the copy's bandwidth. Bytes: packed codes, absmax, "
+        f"code table and x read, y written. Copy: {4 * sizes.copy_floats / 2**20:,.0f} MB, "
+        "device to device."
     )
-    for column in (
-        "device",
-        "W (out x in)",
-        "fused ms",
-        "dequant + matmul ms",
-        "speedup",
-        "MB moved",
-        "GB/s",
-        "copy GB/s",
-        "% of copy",
-        "goals",
-    ):
-        table.add_column(column, justify="left" if column == "device" else "right")
+    columns = "device|W (out x in)|fused ms|dequant + matmul ms|speedup|MB moved|GB/s|copy GB/s"
+    table = _new_table(ks, what, repeat, caption, f"{columns}|% of copy|goals", 1)
     for out_features, in_features in sizes.gemv:
         r = _time_gemv(ks, rng, out_features, in_features, repeat)
         speedup = r["composed_ms"] / r["fused_ms"]
@@ -295,13 +279,11 @@ def nf4_table(ks, sizes: Sizes, repeat: int, seed: int = 0) -> Table:
 def _gemv_verdict(ks, speedup: float, of_copy: float) -> str:
     if not _on_gpu(ks):
         return "GPU only"
-    speed = (
-        "met"
-        if speedup >= GEMV_SPEEDUP_GOAL
-        else "floor only"
-        if speedup >= GEMV_SPEEDUP_FLOOR
-        else "missed"
-    )
+    speed = "missed"
+    if speedup >= GEMV_SPEEDUP_GOAL:
+        speed = "met"
+    elif speedup >= GEMV_SPEEDUP_FLOOR:
+        speed = "floor only"
     return f"speed {speed}, bandwidth {'met' if of_copy >= GEMV_BANDWIDTH_GOAL else 'missed'}"
 
 
@@ -388,13 +370,12 @@ def _fused_cases(ks, rng, sizes: Sizes):
 
 
 def fused_table(ks, sizes: Sizes, repeat: int, seed: int = 0) -> Table:
+    """Each fused kernel against the same math composed of library calls."""
     rng, device, lib = np.random.default_rng(seed), device_name(ks), _library(ks)
-    table = Table(
-        title=_title(ks, f"Fused kernels vs the same math in {ks.xp.__name__} calls", repeat),
-        caption=f"Composed: library calls ({lib} matmul for LoRA's three products).",
-    )
-    for column in ("device", "op", "shape", "fused ms", "composed ms", "speedup"):
-        table.add_column(column, justify="left" if column in ("device", "op", "shape") else "right")
+    what = f"Fused kernels vs the same math in {ks.xp.__name__} calls"
+    caption = f"Composed: library calls ({lib} matmul for LoRA's three products)."
+    columns = "device|op|shape|fused ms|composed ms|speedup"
+    table = _new_table(ks, what, repeat, caption, columns, 3)
     for case in _fused_cases(ks, rng, sizes):
         fused = kernel_best_ms(ks, case.fused, repeat)
         composed = kernel_best_ms(ks, case.composed, repeat)
