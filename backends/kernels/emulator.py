@@ -129,7 +129,9 @@ class EmulatedModule:
         cxx = compiler()
         if cxx is None:
             raise EmulatorError("the CUDA emulator needs a C++20 compiler (g++); none was found")
-        key = hashlib.sha256((program + HEADER.read_text() + " ".join(FLAGS)).encode()).hexdigest()
+        headers = sorted({*self.path.parent.glob("*.cuh"), *KERNEL_DIR.glob("*.cuh"), HEADER})
+        texts = [program, " ".join(FLAGS), *(h.read_text() for h in headers)]  # any edit rebuilds
+        key = hashlib.sha256("\0".join(texts).encode()).hexdigest()
         target = _cache_dir() / f"{self.path.stem}-{key[:16]}.so"
         if target.exists():
             return target
