@@ -45,4 +45,5 @@ class KernelHotOps:
         if isinstance(code, str):
             raise TypeError(f"nf4_dequantize takes the 16 code values, not the name {code!r}")
         code = self.xp.asarray(code, dtype=self.xp.float32)
+        absmax = absmax.astype(self.xp.float32, copy=False)  # as the NumPy reference reads it
         return nf4.dequantize(self.kernels, packed, absmax, code, blocksize, shape)

@@ -73,3 +73,11 @@ def rng():
 @pytest.fixture(autouse=True)
 def _seed():
     mf.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_default_backend():
+    """A command run through CliRunner sets the process's default backend; undo it after."""
+    before = mf.get_default_backend()
+    yield
+    mf.set_backend(before)

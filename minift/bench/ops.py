@@ -10,31 +10,16 @@ The ratio minift / bare is the price of the abstraction; the aim is under 1.10.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from rich.table import Table
 
 import minift as mf
 from minift import functional as F
+from minift.bench.timing import best_ms, synchronizer
 
 
-def _best_time(fn: Callable[[], object], repeat: int, sync: Callable[[], None]) -> float:
-    fn()  # warm up caches and allocators
-    sync()
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _synchronizer(backend) -> Callable[[], None]:
-    if backend.name == "cuda":
-        return backend.xp.cuda.Device().synchronize
-    return lambda: None
+def _best_time(fn, repeat: int, sync) -> float:
+    """Best time of ``repeat`` calls, in seconds (the table prints microseconds)."""
+    return best_ms(fn, repeat, sync) / 1000
 
 
 def _chain_case(xp, length: int = 1000):
@@ -145,7 +130,7 @@ def _conv_case(xp, backend, n=32, c=64, hw=32, o=64, k=3):
 
 def run_op_benchmarks(backend, repeat: int = 5) -> Table:
     """Time every case on ``backend`` and return the table."""
-    xp, sync = backend.xp, _synchronizer(backend)
+    xp, sync = backend.xp, synchronizer(backend)
     table = Table(title=f"minift bench ops ({backend.name}, float32, best of {repeat})")
     for column in ("case", "size", "minift", "bare array math", "ratio"):
         table.add_column(column, justify="left" if column in ("case", "size") else "right")
