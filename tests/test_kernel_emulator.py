@@ -1,5 +1,8 @@
 """The CPU emulator runs CUDA kernels with CUDA's semantics, and refuses what the GPU would."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -121,3 +124,37 @@ def test_unsupported_parameter_types_are_refused():
     assert parse_param("long long n").ctype == "long long"
     with pytest.raises(EmulatorError, match="size_t n"):
         parse_param("size_t n")
+
+
+SLIPS = r"""
+extern "C" __global__ void misaligned(const float* x, float* y) {
+    y[threadIdx.x] = reinterpret_cast<const float4*>(x + 1)->x;  // 4 bytes off 16
+}
+extern "C" __global__ void past_the_tile(float* y, int column) {
+    __shared__ float tile[4][8];
+    tile[threadIdx.x][column] = 1.0f;
+    y[threadIdx.x] = tile[threadIdx.x][0];
+}
+"""
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        ("misaligned')((1,), (4,), (np.zeros(16, np.float32), np.zeros(4, np.float32)))",
+         "misaligned address"),
+        ("past_the_tile')((1,), (4,), (np.zeros(4, np.float32), np.int32(9)))",
+         "index 9 out of bounds for type 'float [8]'"),
+    ],
+)
+def test_misaligned_vectors_and_indices_past_a_tile_stop_the_run(tmp_path, call, message):
+    """What a GPU faults on or corrupts silently stops the emulator with the source line."""
+    path = tmp_path / "slips.cu"
+    path.write_text(SLIPS)
+    script = (
+        "import numpy as np\nfrom backends.kernels.emulator import EmulatedModule\n"
+        f"EmulatedModule({str(path)!r}).get_function('{call}\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert message in result.stderr and "slips.cu" in result.stderr

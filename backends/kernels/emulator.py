@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,11 @@ import numpy as np
 
 KERNEL_DIR = Path(__file__).resolve().parent
 HEADER = KERNEL_DIR / "cpu_emulation.h"
-FLAGS = ("-std=c++20", "-O2", "-pthread", "-fPIC", "-shared", "-fno-strict-aliasing")
+# UBSan's alignment and bounds checks stop the process, naming the source line, at what a GPU
+# would get wrong silently or fault on: a float4 access off a 16-byte boundary, or an index
+# past the end of a shared-memory tile or a register array.
+SANITIZE = ("-fsanitize=alignment,bounds", "-fno-sanitize-recover=all")
+FLAGS = ("-std=c++20", "-O2", "-pthread", "-fPIC", "-shared", "-fno-strict-aliasing", *SANITIZE)
 
 _SIGNATURE = re.compile(
     r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+(\w+)\s*\(([^)]*)\)'
@@ -113,14 +118,21 @@ def _cache_dir() -> Path:
 class EmulatedModule:
     """A kernel source compiled for the CPU; the emulator's ``cupy.RawModule``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, code: str | None = None, include_dirs: Iterable[str | Path] = ()
+    ) -> None:
+        """Compile the source file ``path``, or the text ``code`` when given (as
+        ``cupy.RawModule(code=..., options=("-I<dir>",))`` receives it): then ``path`` only names
+        the module in messages and the cache, and ``include_dirs`` are its ``-I`` folders."""
         self.path = Path(path)
-        source = self.path.read_text()
-        self.kernels = parse_kernels(source)
+        if code is None:
+            code, include_dirs = self.path.read_text(), (self.path.parent,)
+        self.include_dirs = tuple(dict.fromkeys([*map(Path, include_dirs), KERNEL_DIR]))
+        self.kernels = parse_kernels(code)
         if not self.kernels:
             raise EmulatorError(f'{self.path} defines no extern "C" __global__ kernel')
         program = (
-            f'#include "{HEADER}"\n#line 1 "{self.path}"\n{source}\n'
+            f'#include "{HEADER}"\n#line 1 "{self.path}"\n{code}\n'
             + "".join(launcher_source(n, p) for n, p in self.kernels.items())
         )
         self.library = ctypes.CDLL(str(self._build(program)))
@@ -129,7 +141,7 @@ class EmulatedModule:
         cxx = compiler()
         if cxx is None:
             raise EmulatorError("the CUDA emulator needs a C++20 compiler (g++); none was found")
-        headers = sorted({*self.path.parent.glob("*.cuh"), *KERNEL_DIR.glob("*.cuh"), HEADER})
+        headers = sorted({*(h for d in self.include_dirs for h in d.glob("*.cuh")), HEADER})
         texts = [program, " ".join(FLAGS), *(h.read_text() for h in headers)]  # any edit rebuilds
         key = hashlib.sha256("\0".join(texts).encode()).hexdigest()
         target = _cache_dir() / f"{self.path.stem}-{key[:16]}.so"
@@ -138,7 +150,8 @@ class EmulatedModule:
         with tempfile.TemporaryDirectory() as tmp:
             cpp, built = Path(tmp) / f"{self.path.stem}.cpp", Path(tmp) / "kernel.so"
             cpp.write_text(program)
-            command = [cxx, *FLAGS, "-I", str(self.path.parent), "-I", str(KERNEL_DIR), "-o", str(built), str(cpp)]
+            includes = [flag for d in self.include_dirs for flag in ("-I", str(d))]
+            command = [cxx, *FLAGS, *includes, "-o", str(built), str(cpp)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise EmulatorError(f"g++ could not compile {self.path}:\n{result.stderr[-4000:]}")
