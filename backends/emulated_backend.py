@@ -1,6 +1,6 @@
 """``cuda-emulator``: the NumPy backend with its hot operations run by the CUDA kernels on the CPU.
 
-The kernels are compiled by g++ and every CUDA thread runs as an OS thread (see
+The kernels are compiled by g++ and every CUDA thread runs as a fiber (see
 backends/kernels/emulator.py), so a model trains through exactly the kernel code that runs on
 a GPU, only thousands of times slower. It exists to check kernels and their wiring into the
 ops where no GPU is at hand; use tiny models.

@@ -130,6 +130,11 @@ SLIPS = r"""
 extern "C" __global__ void misaligned(const float* x, float* y) {
     y[threadIdx.x] = reinterpret_cast<const float4*>(x + 1)->x;  // 4 bytes off 16
 }
+extern "C" __global__ void split_barriers(float* y) {
+    if (threadIdx.x < 16) __syncwarp();  // half the warp waits here,
+    else __syncthreads();                 // the other half there: neither barrier fills
+    y[threadIdx.x] = 1.0f;
+}
 extern "C" __global__ void past_the_tile(float* y, int column) {
     __shared__ float tile[4][8];
     tile[threadIdx.x][column] = 1.0f;
@@ -139,22 +144,23 @@ extern "C" __global__ void past_the_tile(float* y, int column) {
 
 
 @pytest.mark.parametrize(
-    "call, message",
+    "call, messages",
     [
         ("misaligned')((1,), (4,), (np.zeros(16, np.float32), np.zeros(4, np.float32)))",
-         "misaligned address"),
+         ("slips.cu:3", "misaligned address")),
         ("past_the_tile')((1,), (4,), (np.zeros(4, np.float32), np.int32(9)))",
-         "index 9 out of bounds for type 'float [8]'"),
+         ("slips.cu:12", "index 9 out of bounds for type 'float [8]'")),
+        ("split_barriers')((1,), (32,), (np.zeros(32, np.float32),))", ("deadlock in block (0, 0, 0)",)),
     ],
 )
-def test_misaligned_vectors_and_indices_past_a_tile_stop_the_run(tmp_path, call, message):
-    """What a GPU faults on or corrupts silently stops the emulator with the source line."""
+def test_misaligned_vectors_indices_past_a_tile_and_deadlocks_stop_the_run(tmp_path, call, messages):
+    """What a GPU faults on, corrupts silently or hangs at stops the emulator with a message."""
     path = tmp_path / "slips.cu"
     path.write_text(SLIPS)
     script = (
         "import numpy as np\nfrom backends.kernels.emulator import EmulatedModule\n"
         f"EmulatedModule({str(path)!r}).get_function('{call}\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert result.returncode != 0
-    assert message in result.stderr and "slips.cu" in result.stderr
+    assert all(message in result.stderr for message in messages), result.stderr

@@ -3,7 +3,7 @@
 Weights are quantized by minift.quant.quantize_4bit; the references are dequantize_4bit (the
 NumPy backend's nf4_dequantize), blockwise.dequantize_absmax and a float64 product with the
 dequantized W. Every test takes the ``kernels`` fixture: the CPU emulator here, the GPU where
-there is one, with the same sizes (small: the emulator runs a 256-thread block in ~4 ms).
+there is one, with the same sizes (small: the emulator runs a 256-thread block in about a millisecond).
 """
 
 import numpy as np
