@@ -67,16 +67,31 @@ def test_left_padding_gives_the_unpadded_logits(name):
     np.testing.assert_allclose(model(padded, mask).numpy()[:, 3:], model(ids).numpy(), atol=2e-5)
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd-concatenates", "no-grad-buffer"])
 @pytest.mark.parametrize("name", SHAPES)
-def test_cache_prefill_then_steps_equals_full_forward(name):
+def test_cache_prefill_then_steps_equals_full_forward(name, grad):
     model = _model(name).eval()
     ids = _ids((2, 7))
     full = model(ids).numpy()
     cache = KVCache()
-    parts = [model(ids[:, :4], cache=cache).numpy()]
-    parts += [model(ids[:, t : t + 1], cache=cache).numpy() for t in range(4, 7)]
+    with mf.enable_grad() if grad else mf.no_grad():
+        parts = [model(ids[:, :4], cache=cache).numpy()]
+        parts += [model(ids[:, t : t + 1], cache=cache).numpy() for t in range(4, 7)]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=2e-5)
     assert cache.length == 7 and cache.keys[0].shape == (2, model.config.kv_heads, 7, 8)
+    assert cache.keys[0].requires_grad == grad  # the graph is kept only when autograd records
+
+
+def test_cache_without_autograd_grows_one_buffer_by_doubling():
+    model = _model(SHAPES[0]).eval()
+    ids, cache, buffers = _ids((1, 20)), KVCache(), set()
+    with mf.no_grad():
+        model(ids[:, :2], cache=cache)
+        for t in range(2, 20):
+            model(ids[:, t : t + 1], cache=cache)
+            buffers.add(id(cache._buffers[0][0]))
+            assert np.shares_memory(cache.keys[0].data, cache._buffers[0][0])
+    assert len(buffers) == 3  # capacities 6, 14, 30 for 3..20 tokens: two regrowths, not 18
 
 
 @pytest.mark.parametrize("name", SHAPES)

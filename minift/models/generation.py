@@ -18,6 +18,7 @@ import numpy as np
 
 import minift as mf
 from minift import functional as F
+from minift.autograd import is_grad_enabled
 from minift.tensor import Tensor
 
 
@@ -26,22 +27,51 @@ class KVCache:
 
     A layer calls ``update`` with the new tokens' k and v and attends over what it returns; the
     model calls ``advance`` once all layers have run.
+
+    Generation (no autograd) appends into a buffer per layer that doubles when full, and
+    returns views of its filled part: T steps copy O(T) keys in all, where concatenating at
+    every step would copy O(T^2). Where autograd records (prefix tuning trains through the
+    cached prefix) the keys are concatenated, which keeps the graph.
     """
 
     def __init__(self) -> None:
         self.keys: dict[int, Tensor] = {}
         self.values: dict[int, Tensor] = {}
+        self._buffers: dict[int, tuple[Any, Any]] = {}  # layer -> (keys, values) with spare room
         self.length = 0
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         if layer in self.keys:
-            k = F.cat([self.keys[layer], k], axis=2)
-            v = F.cat([self.values[layer], v], axis=2)
+            cached = (self.keys[layer], self.values[layer])
+            if is_grad_enabled() and any(t.requires_grad for t in (*cached, k, v)):
+                k, v = F.cat([cached[0], k], axis=2), F.cat([cached[1], v], axis=2)
+            else:
+                k, v = self._append(layer, cached, (k, v))
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
+    def _append(self, layer: int, cached: tuple, fresh: tuple) -> tuple[Tensor, Tensor]:
+        """Write ``fresh`` after ``cached`` in the layer's buffers (grown to twice the need)."""
+        used, total = cached[0].shape[2], cached[0].shape[2] + fresh[0].shape[2]
+        buffers = self._buffers.get(layer)
+        if buffers is None or buffers[0].shape[2] < total:
+            buffers = tuple(_grown(t, 2 * total) for t in cached)
+            self._buffers[layer] = buffers
+        for buffer, new in zip(buffers, fresh):
+            buffer[:, :, used:total] = new.data
+        backend = cached[0].backend
+        return tuple(Tensor._wrap(buffer[:, :, :total], backend) for buffer in buffers)
+
     def advance(self, new_tokens: int) -> None:
         self.length += new_tokens
+
+
+def _grown(t: Tensor, capacity: int) -> Any:
+    """A (B, H, capacity, d) array of t's backend holding t's entries first."""
+    b, h, used, d = t.shape
+    buffer = t.backend.empty((b, h, capacity, d), t.data.dtype)
+    buffer[:, :, :used] = t.data
+    return buffer
 
 
 def next_tokens(
