@@ -99,8 +99,13 @@ def loaded_backends() -> list[Backend]:
 
 
 def backend_of(array: Any) -> Backend:
-    """The backend that owns ``array``: NumPy arrays and scalars belong to ``numpy``."""
+    """The backend that owns ``array``: NumPy arrays and scalars belong to ``numpy``.
+
+    ``cuda-emulator`` holds NumPy arrays too, but never claims one: host data given to
+    ``mf.tensor`` goes to the default backend, not to the emulator because it was loaded.
+    """
+    host = get_backend("numpy")
     for backend in loaded_backends():
-        if backend.name != "numpy" and backend.is_array(array):
+        if backend.xp is not host.xp and backend.is_array(array):
             return backend
-    return get_backend("numpy")
+    return host
