@@ -1,11 +1,13 @@
 """Shared fixtures: the backend is a parameter, never a copied test file.
 
 ``MINIFT_TEST_BACKEND=cuda pytest`` runs the backend-parametrised tests on the GPU too (and
-``MINIFT_TEST_BACKEND=cuda-emulator`` on the CUDA kernels in the CPU emulator); tests marked
-``cuda`` are skipped where CuPy or a GPU is missing.
+``MINIFT_TEST_BACKEND=cuda-emulator`` on the CUDA kernels in the CPU emulator, and
+``MINIFT_TEST_BACKEND=fake-cuda`` on the real CuPy backend over tests/fake_cupy.py, which refuses
+host/device mixes as CuPy does); tests marked ``cuda`` are skipped where CuPy or a GPU is missing.
 """
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +16,11 @@ import minift as mf
 from backends import BackendUnavailable, get_backend
 from backends.kernels.emulator import compiler
 from backends.kernels.loader import EmulatedKernels
+
+if os.environ.get("MINIFT_TEST_BACKEND") == "fake-cuda":  # before anything imports CuPy
+    import fake_cupy
+
+    sys.modules["cupy"] = fake_cupy.cupy
 
 
 def _cuda_available() -> bool:
