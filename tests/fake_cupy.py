@@ -131,8 +131,11 @@ class ndarray:
         return ndarray(self._buffer.copy())  # a new device buffer, as cupy.ndarray.__copy__
 
     def take(self, indices, axis=None, out=None) -> ndarray:
-        """Host indices are allowed: CuPy copies them over (_routines_indexing.pyx _take)."""
-        return _to_device(self._buffer.take(_index(indices), axis=axis, out=_operands(out)))
+        """Host indices are allowed and wrap around, as in __getitem__ (_routines_indexing.pyx
+        _take: ``indices % index_range``)."""
+        shape = (self.size,) if axis is None else (self.shape[axis],)
+        indices = _index(indices, shape)
+        return _to_device(self._buffer.take(indices, axis=axis, out=_operands(out)))
 
     def __array__(self, *args, **kwargs):
         # the message of cupy/_core/core.pyx ndarray.__array__
@@ -193,10 +196,10 @@ class ndarray:
 
     # --- indexing ----------------------------------------------------------------------------
     def __getitem__(self, key):
-        return _to_device(self._buffer[_index(key)])
+        return _to_device(self._buffer[_index(key, self.shape)])
 
     def __setitem__(self, key, value) -> None:
-        key = _index(key)
+        key = _index(key, self.shape)
         if isinstance(value, np.ndarray) and value.shape != () and not _is_advanced(key):
             # a basic key ends in ndarray.fill, which takes a scalar only (core.pyx fill);
             # an advanced key copies the values over (_routines_indexing.pyx _scatter_op_single)
@@ -250,12 +253,42 @@ def _operands(value: Any) -> Any:
     return value
 
 
-def _index(key: Any) -> Any:
-    """A key for the buffer. Host index arrays and lists are allowed: CuPy copies them to the
-    device (cupy/_core/_routines_indexing.pyx, _prepare_slice_list)."""
-    if isinstance(key, tuple):
-        return tuple(_index(k) for k in key)
-    return key._buffer if isinstance(key, ndarray) else key
+def _index(key: Any, shape: tuple) -> Any:
+    """A key for a buffer of ``shape``, with CuPy's reading of it.
+
+    Host index arrays and lists are allowed: CuPy copies them to the device
+    (cupy/_core/_routines_indexing.pyx, _prepare_slice_list). Out-of-bounds integer arrays wrap
+    around instead of raising IndexError ("Differences between CuPy and NumPy": out-of-bounds
+    indices), so code that counts on NumPy's IndexError fails here as on a GPU.
+    """
+    parts = [_index_array(k) for k in (key if isinstance(key, tuple) else (key,))]
+    consumed = sum(_axes_taken(k) for k in parts if k is not Ellipsis)
+    axis = 0
+    for i, part in enumerate(parts):
+        if part is Ellipsis:
+            axis += len(shape) - consumed
+            continue
+        if isinstance(part, np.ndarray) and part.dtype.kind in "iu" and shape[axis] > 0:
+            parts[i] = part.astype(np.int64) % shape[axis]
+        axis += _axes_taken(part)
+    return tuple(parts) if isinstance(key, tuple) else parts[0]
+
+
+def _index_array(part: Any) -> Any:
+    if isinstance(part, ndarray):
+        return part._buffer
+    if isinstance(part, list):  # an empty list selects nothing: integer, not float, indices
+        return np.asarray(part) if part else np.zeros(0, dtype=np.int64)
+    return part
+
+
+def _axes_taken(part: Any) -> int:
+    """How many axes of the indexed array one part of a key consumes."""
+    if part is None or isinstance(part, (bool, np.bool_)):
+        return 0
+    if isinstance(part, np.ndarray) and part.dtype.kind == "b":
+        return part.ndim
+    return 1
 
 
 def _is_advanced(key: Any) -> bool:
@@ -326,7 +359,7 @@ class _Ufunc:
         """a[indices] op= b in place, as ``a[indices] = ...`` takes its key and values."""
         if not isinstance(a, ndarray):
             raise _unsupported(a)
-        indices = _index(indices)
+        indices = _index(indices, a.shape)
         if isinstance(b, np.ndarray) and b.shape != () and not _is_advanced(indices):
             raise _unsupported(b)
         args = () if b is None else (b._buffer if isinstance(b, ndarray) else b,)

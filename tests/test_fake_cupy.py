@@ -88,6 +88,9 @@ def test_host_index_arrays_are_copied_over_as_cupy_does():
     cp.add.at(device, np.array([5, 5]), 1.0)
     np.testing.assert_array_equal(device.get()[[0, 2, 5]], [-1.0, -2.0, 7.0])
     assert float(device.sum()) == pytest.approx(np.arange(10.0).sum() - 1 - 4 + 2)
+    np.testing.assert_array_equal(device[np.array([12, -1])].get(), [-2.0, 9.0])  # wrapped
+    with pytest.raises(IndexError):
+        device[12]  # a scalar index is checked, as in NumPy
 
 
 def test_numpy_functions_on_device_arrays_run_on_the_device():
