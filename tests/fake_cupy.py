@@ -310,6 +310,12 @@ def _host_data(value: Any) -> Any:
 _COMPARISONS = {"equal", "not_equal", "less", "less_equal", "greater", "greater_equal"}
 
 
+# the dtypes of CUDA's atomicAdd, all that cupy.add.at takes
+_SCATTER_ADD_DTYPES = {
+    np.dtype(t) for t in ("int32", "float16", "float32", "float64", "uint32", "uint64")
+}
+
+
 class _Ufunc:
     """A cupy ufunc: its operands are device arrays or scalars, never host arrays or lists.
 
@@ -359,6 +365,11 @@ class _Ufunc:
         """a[indices] op= b in place, as ``a[indices] = ...`` takes its key and values."""
         if not isinstance(a, ndarray):
             raise _unsupported(a)
+        if self.__name__ == "add" and a.dtype not in _SCATTER_ADD_DTYPES:
+            raise TypeError(
+                "scatter_add only supports int32, float16, float32, float64, uint32, "
+                "uint64, as data type"
+            )  # _routines_indexing.pyx _scatter_op_single
         indices = _index(indices, a.shape)
         if isinstance(b, np.ndarray) and b.shape != () and not _is_advanced(indices):
             raise _unsupported(b)

@@ -143,14 +143,16 @@ def test_training_follows_the_numpy_loss_curve(fake_cuda, config_name, setup):
 
 
 def test_generation_with_the_kv_cache_gives_numpy_tokens(fake_cuda):
-    prompt = np.array([[1, 2, 3, 4]])
+    prompt = np.array([[1, 2, 3, 4], [0, 0, 5, 6]])
+    left_padded = np.array([[1, 1, 1, 1], [0, 0, 1, 1]])
     tokens = {}
     for name in ("numpy", "cuda"):
         mf.manual_seed(0)
         model = configs.build("gpt-tiny", backend=name)
         tokens[name] = (
-            model.generate(prompt, 4),
+            model.generate(prompt[:1], 4),
             model.generate(prompt, 4, do_sample=True, temperature=0.8, top_k=5, top_p=0.9, seed=1),
+            model.generate(prompt, 3, attention_mask=left_padded),
         )
     for expected, got in zip(tokens["numpy"], tokens["cuda"]):
         np.testing.assert_array_equal(got, expected)
