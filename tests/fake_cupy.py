@@ -12,8 +12,9 @@ being one, and refuses what CuPy refuses:
 
 and allows what CuPy allows: Python and NumPy scalars anywhere; NumPy index arrays, and host
 values assigned through them (copied to the device); ``np.f(device)`` dispatched to ``cupy.f``
-(NEP 13 and 18); ``float``/``int``/``bool`` of one element. The sources of each rule are cited
-where it is coded. ``RawModule`` kernels run in the CPU emulator (backends/kernels/emulator.py).
+(NEP 13 and 18); ``float``/``int``/``bool`` of one element. Out-of-bounds index arrays wrap
+around, as on a GPU, where NumPy raises IndexError. The sources of each rule are cited where it
+is coded. ``RawModule`` kernels run in the CPU emulator (backends/kernels/emulator.py).
 """
 
 from __future__ import annotations
@@ -399,7 +400,8 @@ def ascontiguousarray(a, dtype=None) -> ndarray:
     """Device arrays only: ``cpdef _ndarray_base ascontiguousarray(_ndarray_base a, ...)``."""
     if not isinstance(a, ndarray):
         raise TypeError(f"Argument 'a' has incorrect type (expected cupy.ndarray, got {type(a)})")
-    return asarray(ndarray(np.ascontiguousarray(a._buffer, dtype=dtype)))
+    buffer = np.ascontiguousarray(a._buffer, dtype=dtype)
+    return a if buffer is a._buffer else ndarray(buffer)
 
 
 def _join(func):
