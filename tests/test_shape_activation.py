@@ -144,8 +144,15 @@ def test_index_errors_name_the_problem():
     x = mf.zeros(3, 4)
     with pytest.raises(IndexError, match="integers or booleans.*float"):
         x[np.array([0.5, 1.0])]
-    with pytest.raises(IndexError, match=r"out of bounds.*tensor shape \(3, 4\)"):
+    with pytest.raises(IndexError, match=r"\[-3, 3\) for axis 0 of tensor shape \(3, 4\)"):
         x[np.array([0, 3])]
+    with pytest.raises(IndexError, match=r"\[-4, 4\) for axis 1 .* from -5 to 0"):
+        x[..., np.array([0, -5])]
+    with pytest.raises(IndexError, match=r"\[-4, 4\) for axis 1 .* from 0 to 4"):
+        x[None, 1:, [0, 4]]
+    with pytest.raises(IndexError, match=r"gather: indices must lie in \[-4, 4\) for axis 1"):
+        F.gather(x, 1, np.array([[0], [4], [1]]))
+    assert x[np.array([True, False, True]), np.array([3, -4])].shape == (2,)  # in bounds
     with pytest.raises(ValueError, match="index .* larger than x"):
         F.gather(x, 1, np.zeros((4, 1), dtype=np.int64))
     with pytest.raises(IndexError, match=r"ids must lie in \[0, 3\)"):

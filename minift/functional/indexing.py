@@ -174,6 +174,33 @@ def _index_array(k: Any, backend) -> Any:
     return k
 
 
+def _check_in_bounds(k: Any, shape: tuple, axis: int, op: str) -> None:
+    """Integer indices must lie in [-size, size) of their axis. NumPy raises on its own, but
+    CuPy (like any GPU gather) wraps an out-of-range index silently, so minift checks first."""
+    size = shape[axis]
+    if k.size and (int(k.min()) < -size or int(k.max()) >= size):
+        raise IndexError(f"{op}: indices must lie in [{-size}, {size}) for axis {axis} of tensor "
+                         f"shape {shape}, got values from {int(k.min())} to {int(k.max())}")
+
+
+def _check_fancy_bounds(items: tuple, shape: tuple) -> None:
+    """Each integer index array against the size of the axis it indexes."""
+    consumed = sum(k.ndim if not _is_basic(k) and k.dtype.kind == "b" else 1
+                   for k in items if k is not None and k is not Ellipsis)
+    axis = 0
+    for k in items:
+        if k is Ellipsis:
+            axis += len(shape) - consumed
+        elif k is None:
+            continue
+        elif _is_basic(k) or k.dtype.kind != "b":
+            if not _is_basic(k) and axis < len(shape):
+                _check_in_bounds(k, shape, axis, "index")
+            axis += 1
+        else:
+            axis += k.ndim
+
+
 def index(x: Tensor, key: Any) -> Tensor:
     """x[key] with NumPy's rules: ints, slices, None, Ellipsis, and integer or boolean
     arrays, lists or Tensors as fancy indices. Repeated indices accumulate in backward."""
@@ -186,6 +213,7 @@ def index(x: Tensor, key: Any) -> Tensor:
         kind = "rows"
     else:
         kind = "scatter"
+    _check_fancy_bounds(items, x.shape)
     try:
         return Index.apply(x, key=items, kind=kind)
     except IndexError as err:
@@ -205,6 +233,7 @@ def gather(x: Tensor, axis: int, index: Any) -> Tensor:
     if any(i != axis and n > x.shape[i] for i, n in enumerate(index.shape)):
         raise ValueError(f"gather: index {index.shape} is larger than x {x.shape} "
                          f"outside axis {axis}")
+    _check_in_bounds(index, x.shape, axis, "gather")
     try:
         return Gather.apply(x, index, axis=axis)
     except IndexError as err:
