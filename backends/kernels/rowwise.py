@@ -110,8 +110,12 @@ def softmax_backward(ks, y: Any, g: Any) -> Any:
 
 
 # --- cross-entropy ------------------------------------------------------------------------------
-def _targets(ks, target: Any, logits: Any, ignore_index: int, op: str):
-    """Targets as C-contiguous int64, each in [0, C) or ignore_index (checked: never read OOB)."""
+def _targets(ks, target: Any, logits: Any, ignore_index: int, op: str, check_range: bool):
+    """Targets as C-contiguous int64, each in [0, C) or ignore_index (checked: never read OOB).
+
+    The range check costs a device-to-host read; a caller that has checked already (minift's
+    F.cross_entropy) passes check_range=False.
+    """
     if not isinstance(target, ks.xp.ndarray) or target.dtype.kind not in "iu":
         got = getattr(target, "dtype", type(target).__name__)
         raise TypeError(f"{op}: target must be an integer array of class indices, got {got}")
@@ -121,6 +125,8 @@ def _targets(ks, target: Any, logits: Any, ignore_index: int, op: str):
             "without its last (class) axis"
         )
     target = target.astype(ks.xp.int64, order="C", copy=False)
+    if not check_range:
+        return target
     classes = logits.shape[-1]
     bad = (target != ignore_index) & ((target < 0) | (target >= classes))
     if bool(bad.any()):
@@ -140,7 +146,12 @@ def _check_classes_and_smoothing(logits: Any, label_smoothing: float, op: str) -
 
 
 def cross_entropy(
-    ks, logits: Any, target: Any, ignore_index: int = -100, label_smoothing: float = 0.0
+    ks,
+    logits: Any,
+    target: Any,
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    check_targets: bool = True,
 ) -> tuple[Any, Any]:
     """Per-row softmax cross-entropy, never storing the softmax (PyTorch semantics).
 
@@ -150,6 +161,7 @@ def cross_entropy(
     Args:
         logits: (..., C) float32.
         target: (...) integer class indices in [0, C), or ``ignore_index``.
+        check_targets: raise on a target out of range (False: the caller has checked).
     Returns:
         (loss_rows, lse), both float32 of target's shape; lse is what backward needs
         (0 on ignored rows, whose logits are never read).
@@ -157,7 +169,7 @@ def cross_entropy(
     op = "cross_entropy"
     logits = _float32(ks, logits, "logits", op)
     _check_classes_and_smoothing(logits, label_smoothing, op)
-    target = _targets(ks, target, logits, ignore_index, op)
+    target = _targets(ks, target, logits, ignore_index, op, check_targets)
     rows, classes = _rows_and_length(logits, op)
     loss = ks.xp.empty(target.shape, dtype=ks.xp.float32)
     lse = ks.xp.empty(target.shape, dtype=ks.xp.float32)
@@ -176,6 +188,7 @@ def cross_entropy_backward(
     grad_rows: Any,
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    check_targets: bool = True,
 ) -> Any:
     """gz = w (softmax(z) - (1 - eps) onehot(t) - eps / C), softmax(z) = exp(z - lse).
 
@@ -184,13 +197,14 @@ def cross_entropy_backward(
         target: (...) as given to forward.
         lse: (...) from forward.
         grad_rows: (...) float32, w = dL/dloss_rows (for a mean over kept rows: g / count).
+        check_targets: as in forward.
     Returns:
         g_logits, logits' shape; zero on ignored rows.
     """
     op = "cross_entropy_backward"
     logits = _float32(ks, logits, "logits", op)
     _check_classes_and_smoothing(logits, label_smoothing, op)
-    target = _targets(ks, target, logits, ignore_index, op)
+    target = _targets(ks, target, logits, ignore_index, op, check_targets)
     lse = _float32(ks, lse, "lse", op)
     grad_rows = _float32(ks, grad_rows, "grad_rows", op)
     _check_shape(lse, target.shape, "lse", op)

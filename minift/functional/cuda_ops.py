@@ -67,7 +67,8 @@ class CrossEntropyKernel(Function):
         xp = ks.xp
         z = _rows(xp, logits)
         t = xp.ascontiguousarray(target.reshape(-1), dtype=xp.int64)
-        loss, lse = rowwise.cross_entropy(ks, z, t, ignore_index, label_smoothing)
+        # F.cross_entropy has checked the targets: no second device-to-host read for it
+        loss, lse = rowwise.cross_entropy(ks, z, t, ignore_index, label_smoothing, False)
         ctx.count, ctx.shape = int((t != ignore_index).sum()), logits.shape
         ctx.options = (ignore_index, label_smoothing, reduction)
         if ctx.records:
@@ -89,7 +90,9 @@ class CrossEntropyKernel(Function):
             return ks.xp.zeros(ctx.shape, dtype=z.dtype), None
         w = _grad_scale(g, reduction, ctx.count)  # dL/dloss_i: a scalar or one per row
         w = ks.xp.ascontiguousarray(ks.xp.broadcast_to(w.reshape(-1), t.shape), dtype=z.dtype)
-        gz = rowwise.cross_entropy_backward(ks, z, t, lse, w, ignore_index, label_smoothing)
+        gz = rowwise.cross_entropy_backward(
+            ks, z, t, lse, w, ignore_index, label_smoothing, check_targets=False
+        )
         return gz.reshape(ctx.shape), None
 
 
