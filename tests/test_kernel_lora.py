@@ -100,6 +100,14 @@ def test_forward_copies_a_strided_x(kernels, rng):
     assert_close(y, want_y, IN + 4)
 
 
+def reference_grads(p, g, u):
+    """(gx, gA, gB) of the plain-matmul formulas in float64, from the same inputs."""
+    q = float64(p)
+    args = (q["x"], q["weight"], q["lora_a"], q["lora_b"], SCALE)
+    return lora_linear_backward_reference(host(g).astype(np.float64), *args,
+                                          host(u).astype(np.float64))
+
+
 @pytest.mark.parametrize("rank", [1, 4, 16, 64])
 @pytest.mark.parametrize("rows", [1, 37])
 def test_backward_matches_the_formulas(kernels, rng, tile, rows, rank):
@@ -109,16 +117,7 @@ def test_backward_matches_the_formulas(kernels, rng, tile, rows, rank):
     grads = lora_linear_backward(
         kernels, g, p["x"], p["weight"], p["lora_a"], p["lora_b"], SCALE, u
     )
-    q = float64(p)
-    want = lora_linear_backward_reference(
-        host(g).astype(np.float64),
-        q["x"],
-        q["weight"],
-        q["lora_a"],
-        q["lora_b"],
-        SCALE,
-        host(u).astype(np.float64),
-    )
+    want = reference_grads(p, g, u)
     for got, expected, length in zip(grads, want, (OUT + rank, rows, rows)):
         assert_close(got, expected, length)
 
@@ -128,16 +127,7 @@ def test_backward_with_leading_axes_and_only_what_is_needed(kernels, rng):
     _, u = lora_linear(kernels, p["x"], p["weight"], p["lora_a"], p["lora_b"], SCALE)
     g = kernels.xp.asarray(rng.standard_normal((3, 5, OUT)).astype(np.float32))
     args = (kernels, g, p["x"], p["weight"], p["lora_a"], p["lora_b"], SCALE, u)
-    q = float64(p)
-    want = lora_linear_backward_reference(
-        host(g).astype(np.float64),
-        q["x"],
-        q["weight"],
-        q["lora_a"],
-        q["lora_b"],
-        SCALE,
-        host(u).astype(np.float64),
-    )
+    want = reference_grads(p, g, u)
     gx, ga, gb = lora_linear_backward(*args, need_a=False, need_b=False)
     assert ga is None and gb is None
     assert_close(gx, want[0], OUT + 4)
